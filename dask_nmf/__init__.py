@@ -1,0 +1,22 @@
+"""dask_nmf: out-of-core non-negative matrix factorization on dask.
+
+Lee & Seung's multiplicative updates for the Frobenius and generalized
+Kullback-Leibler costs, one pass over V per iteration, on a dask cluster.
+"""
+
+__version__ = "0.1.0"
+
+from .driver import factorize
+from .io import InputError
+from .persistence import NMFResult, load
+
+__all__ = ["factorize", "load", "NMFResult", "InputError", "NMF", "__version__"]
+
+
+def __getattr__(name):
+    # The estimator imports scikit-learn's base classes; load it on first use.
+    if name == "NMF":
+        from .estimator import NMF
+
+        return NMF
+    raise AttributeError(name)

@@ -1,0 +1,612 @@
+"""The iteration driver: one dask graph, and one pass over V, per MU iteration.
+
+Each iteration submits a graph of fixed size: for every row block, one task
+reads V_i, updates W_i and emits the partial sums of the H update; a tree of
+small tasks adds the partials up; the client turns the sums into the new H
+(a ``k x n`` array) and ships it, as one key, with the next iteration's graph.
+W's blocks stay where they were computed (futures on a distributed cluster,
+arrays in this process on dask's local scheduler).
+
+On a distributed cluster the scheduler keeps the recipe of every task that a
+held result depends on, so W_t's lineage would reach back to W_0.  Every
+``checkpoint_every`` iterations W is written to a zarr store and read back
+from there, which gives the next W blocks no history: lineage (and the
+scheduler's task table) stays bounded, and a lost worker costs at most the
+iterations since the last checkpoint, replayed by dask itself.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+import uuid
+from typing import Any, Callable
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.delayed import Delayed
+
+from . import kernels, persistence
+from .init import custom_init, nndsvd_init, random_init, resolve_init
+from .io import InputError, InputMatrix, block_sources, check_stats, open_input
+from .persistence import NMFResult
+
+#: Accepted spellings of the two costs, mapped to the beta of the beta-divergence.
+BETA_LOSSES = {"frobenius": 2, "kullback-leibler": 1, 2: 2, 1: 1}
+BETA_NAMES = {2: "frobenius", 1: "kullback-leibler"}
+#: Fan-in of the reduction tree over the blocks' partial sums.
+SPLIT_EVERY = 8
+
+
+# --------------------------------------------------------------------------
+# Parameter checks (all before any data is read)
+# --------------------------------------------------------------------------
+def check_beta_loss(beta_loss: Any) -> int:
+    """Map a ``beta_loss`` value to 2 (Frobenius) or 1 (KL), or raise."""
+    key = beta_loss
+    if isinstance(beta_loss, (int, float, np.number)) and not isinstance(beta_loss, bool):
+        key = int(beta_loss) if float(beta_loss) in (1.0, 2.0) else beta_loss
+    if isinstance(key, str) or isinstance(key, int):
+        if key in BETA_LOSSES:
+            return BETA_LOSSES[key]
+    raise InputError(
+        f"unknown beta_loss {beta_loss!r}; choose 'frobenius' (2) or 'kullback-leibler' (1)"
+    )
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+def check_params(
+    n_components: Any, max_iter: Any, tol: Any, alpha_W: Any, alpha_H: Any, l1_ratio: Any,
+    n_features: int | None = None,
+) -> None:
+    """Raise :class:`InputError` naming the first bad option."""
+    if not _is_int(n_components) or n_components < 1:
+        raise InputError(f"n_components must be a positive integer; got {n_components!r}")
+    if not _is_int(max_iter) or max_iter < 1:
+        raise InputError(f"max_iter must be a positive integer; got {max_iter!r}")
+    if not _is_real(tol) or not tol >= 0:
+        raise InputError(f"tol must be a number >= 0; got {tol!r}")
+    if not _is_real(alpha_W) or not alpha_W >= 0:
+        raise InputError(f"alpha_W must be a number >= 0; got {alpha_W!r}")
+    if not (alpha_H == "same" or (_is_real(alpha_H) and alpha_H >= 0)):
+        raise InputError(f"alpha_H must be 'same' or a number >= 0; got {alpha_H!r}")
+    if not _is_real(l1_ratio) or not 0 <= l1_ratio <= 1:
+        raise InputError(f"l1_ratio must be a number in [0, 1]; got {l1_ratio!r}")
+
+
+def regularization(
+    shape: tuple[int, int], alpha_W: float, alpha_H: Any, l1_ratio: float
+) -> tuple[float, float, float, float]:
+    """scikit-learn's scaling: ``(l1_W, l2_W, l1_H, l2_H)``.
+
+    The W terms are scaled by n (features), the H terms by m (samples).
+    """
+    m, n = shape
+    alpha_H = alpha_W if alpha_H == "same" else alpha_H
+    return (
+        n * alpha_W * l1_ratio,
+        n * alpha_W * (1.0 - l1_ratio),
+        m * alpha_H * l1_ratio,
+        m * alpha_H * (1.0 - l1_ratio),
+    )
+
+
+# --------------------------------------------------------------------------
+# Where graphs run
+# --------------------------------------------------------------------------
+def resolve_client(client: Any = None):
+    """The given client, else the default distributed client, else ``None``.
+
+    ``None`` means dask's local (threaded) scheduler.  No cluster is started here.
+    """
+    if client is not None:
+        return client
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+class Runner:
+    """Submits graphs to a distributed client, or runs them on dask's local scheduler.
+
+    A *handle* is what stands for a computed block between iterations: a
+    ``distributed.Future`` on a cluster (the data stays on the worker), the
+    array itself on the local scheduler.
+    """
+
+    def __init__(self, client: Any = None):
+        self.client = client
+
+    @property
+    def distributed(self) -> bool:
+        return self.client is not None
+
+    def run(self, blocks: list, reduced: Any = None) -> tuple[list, Any]:
+        """Compute ``blocks`` (kept as handles) and ``reduced`` (returned) in one graph."""
+        objs = list(blocks) + ([reduced] if reduced is not None else [])
+        if self.distributed:
+            from distributed import wait
+
+            futures = self.client.compute(objs)
+            value = futures[-1].result() if reduced is not None else None
+            handles = futures[: len(blocks)]
+            if reduced is None:
+                wait(handles)
+                for f in handles:
+                    if f.status != "finished":
+                        f.result()  # raises the task's error
+        else:
+            values = dask.compute(*objs)
+            value = values[-1] if reduced is not None else None
+            handles = list(values[: len(blocks)])
+        return handles, value
+
+    def compute(self, *objs):
+        if self.distributed:
+            return tuple(self.client.compute(list(objs), sync=True))
+        return dask.compute(*objs)
+
+    def persist(self, *collections):
+        if self.distributed:
+            return tuple(self.client.persist(list(collections)))
+        return dask.persist(*collections)
+
+    def place(self, arrays: list) -> list:
+        """Handles for in-memory arrays (scattered once to the cluster)."""
+        if self.distributed and arrays and isinstance(arrays[0], np.ndarray):
+            return self.client.scatter(arrays, hash=False)
+        return arrays
+
+    def memory_budget(self) -> float:
+        """Bytes of V worth keeping in memory: half the workers' memory limits."""
+        if self.distributed:
+            workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+            limits = [w.get("memory_limit") or 0 for w in workers]
+            return 0.5 * float(sum(limits))
+        import psutil
+
+        return 0.25 * float(psutil.virtual_memory().available)
+
+
+def _delayed(x: Any, name: str | None = None):
+    """A Delayed standing for a handle, a Delayed or an array (no hashing of data)."""
+    if isinstance(x, Delayed):
+        return x
+    if isinstance(x, np.ndarray):
+        return dask.delayed(x, name=name or f"nmf-data-{uuid.uuid4().hex}")
+    return dask.delayed(x)
+
+
+def _sum_partials(parts: list[dict]) -> dict:
+    out = parts[0]
+    for p in parts[1:]:
+        out = kernels.add_partials(out, p)
+    return out
+
+
+def tree_reduce(parts: list, combine: Callable, split_every: int = SPLIT_EVERY):
+    """Combine delayed values in a tree of fan-in ``split_every``."""
+    while len(parts) > 1:
+        parts = [
+            dask.delayed(combine, pure=False)(parts[i : i + split_every])
+            for i in range(0, len(parts), split_every)
+        ]
+    return parts[0]
+
+
+def graph_size(objs: list) -> int:
+    """Number of distinct tasks in the graph of ``objs``."""
+    keys: set = set()
+    for o in objs:
+        keys.update(o.__dask_graph__().keys())
+    return len(keys)
+
+
+def input_stats(runner: Runner, sources: list) -> dict:
+    """One pass over V: its minimum, finiteness, sum and sum of squares."""
+    parts = [dask.delayed(kernels.block_stats, pure=False)(_delayed(s)) for s in sources]
+    total = tree_reduce(parts, _merge_all_stats)
+    (stats,) = runner.compute(total)
+    return stats
+
+
+def _merge_all_stats(parts: list[dict]) -> dict:
+    out = parts[0]
+    for p in parts[1:]:
+        out = kernels.merge_stats(out, p)
+    return out
+
+
+# --------------------------------------------------------------------------
+# The solver
+# --------------------------------------------------------------------------
+class _Fit:
+    """State of one factorization: handles of V and W, H, the loss history."""
+
+    def __init__(self, runner, V: InputMatrix, sources, beta, k, reg, norm_v2, v_sum):
+        self.runner, self.V, self.sources = runner, V, [_delayed(s) for s in sources]
+        self.beta, self.k = beta, k
+        self.l1_W, self.l2_W, self.l1_H, self.l2_H = reg
+        self.norm_v2, self.v_sum = norm_v2, v_sum
+        self.token = uuid.uuid4().hex[:8]
+        self.graph_tasks: list[int] = []
+
+    def step(self, W: list, H: np.ndarray, t: int, first: bool):
+        """Run one MU pass from state (W, H); returns (W', partial sums)."""
+        Hd = dask.delayed(H, name=f"nmf-H-{self.token}-{t}")
+        W = [_delayed(w, name=f"nmf-W-{self.token}-{t}-{i}") for i, w in enumerate(W)]
+        if self.beta == 2:
+            HHt = H @ H.T
+            outs = [
+                dask.delayed(kernels.frobenius_block_step, nout=2, pure=False)(
+                    v, w, Hd, HHt, self.l1_W, self.l2_W, first,
+                    dask_key_name=f"nmf-step-{self.token}-{t}-{i}",
+                )
+                for i, (v, w) in enumerate(zip(self.sources, W))
+            ]
+        else:
+            outs = [
+                dask.delayed(kernels.kl_block_step, nout=2, pure=False)(
+                    v, w, Hd, self.l1_W, self.l2_W,
+                    dask_key_name=f"nmf-step-{self.token}-{t}-{i}",
+                )
+                for i, (v, w) in enumerate(zip(self.sources, W))
+            ]
+        new_W = [o[0] for o in outs]
+        total = tree_reduce([o[1] for o in outs], _sum_partials)
+        self.graph_tasks.append(graph_size(new_W + [total]))
+        return self.runner.run(new_W, total)
+
+    def loss_only(self, W: list, H: np.ndarray) -> float:
+        """The loss at (W, H) by a separate pass (needed only at the very end for KL)."""
+        Wd = [_delayed(w) for w in W]
+        if self.beta == 2:
+            parts = [dask.delayed(kernels.frobenius_loss_terms, pure=False)(v, w) for v, w in zip(self.sources, Wd)]
+            (s,) = self.runner.compute(tree_reduce(parts, _sum_partials))
+            return kernels.frobenius_loss(self.norm_v2, s["A0"], s["B0"], H)
+        parts = [dask.delayed(kernels.kl_loss_terms, pure=False)(v, w, H) for v, w in zip(self.sources, Wd)]
+        (s,) = self.runner.compute(tree_reduce(parts, _sum_partials))
+        return kernels.kl_divergence(self.v_sum, s["vlogr"], s["w0_sum"], H)
+
+    def h_update(self, H: np.ndarray, s: dict) -> np.ndarray:
+        if self.beta == 2:
+            return kernels.frobenius_h_update(H, s["A"], s["B"], self.l1_H, self.l2_H)
+        return kernels.kl_h_update(H, s["A"], s["w_sum"], self.l1_H, self.l2_H)
+
+
+def _converged(losses: list[float], t: int, tol: float) -> bool:
+    """scikit-learn's test, made at every 10th iteration t on ``sqrt(2 * loss)``."""
+    if tol <= 0 or t % 10 != 0 or t < 10:
+        return False
+    err0 = math.sqrt(2 * losses[0])
+    if err0 == 0:
+        return True
+    previous = math.sqrt(2 * losses[t - 10])
+    return (previous - math.sqrt(2 * losses[t])) / err0 < tol
+
+
+def factorize(
+    V: Any,
+    n_components: int,
+    *,
+    beta_loss: str | int = "frobenius",
+    init: str | None = None,
+    W_init: Any = None,
+    H_init: Any = None,
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    random_state: Any = None,
+    alpha_W: float = 0.0,
+    alpha_H: float | str = "same",
+    l1_ratio: float = 0.0,
+    block_rows: int | None = None,
+    client: Any = None,
+    callback: Callable[[int, float], Any] | None = None,
+    verbose: bool = False,
+    checkpoint: Any = None,
+    checkpoint_every: int = 10,
+    resume: bool = False,
+    overwrite: bool = False,
+    keep_in_memory: bool | None = None,
+    array: str | None = None,
+    dtype: Any = None,
+    storage_options: dict | None = None,
+) -> NMFResult:
+    """Factorize a non-negative matrix V ~= W H with Lee & Seung's multiplicative updates.
+
+    Parameters
+    ----------
+    V : str, os.PathLike, zarr.Array, dask.array.Array or numpy.ndarray
+        The m x n non-negative matrix: a zarr store (path or fsspec URL), a
+        zarr array, a dask array or a NumPy array.  It is read in row blocks
+        and never modified.
+    n_components : int
+        The rank k.
+    beta_loss : {"frobenius", "kullback-leibler", 2, 1}
+        The cost: ``0.5 * ||V - WH||^2`` or the generalized KL divergence.
+    init : {None, "random", "nndsvd", "nndsvda", "nndsvdar", "custom"}
+        Like scikit-learn's; None means "nndsvda" if k <= min(m, n), else
+        "random".  "custom" takes ``W_init`` and ``H_init``.
+    W_init, H_init : array-like, optional
+        Starting factors for ``init="custom"`` (given both, init defaults to it).
+    max_iter : int
+        Maximum number of iterations.
+    tol : float
+        scikit-learn's stopping rule: every 10 iterations, stop when the
+        decrease of ``sqrt(2 * loss)`` over the last 10 iterations, relative to
+        its initial value, is below ``tol``.  0 runs ``max_iter`` iterations.
+    random_state : int, numpy.random.RandomState or None
+        Seed for the initialization; the same seed and ``block_rows`` give the
+        same result.
+    alpha_W, alpha_H, l1_ratio : float
+        Regularization, scaled as in scikit-learn (W terms by n, H terms by m).
+    block_rows : int, optional
+        Rows of V per block (and per W block).  Default: from dask's
+        ``array.chunk-size``, rounded to the store's row chunks.
+    client : distributed.Client, optional
+        Where to run; default: the current default client if there is one,
+        else dask's local threaded scheduler.  No cluster is started here.
+    callback : callable, optional
+        ``callback(iteration, loss)`` after each iteration's loss is known
+        (for KL that is during the next pass, as the loss comes free with it).
+    verbose : bool
+        Print the loss every 10 iterations.
+    checkpoint : str or os.PathLike, optional
+        A zarr group to write the state to every ``checkpoint_every``
+        iterations and at the end (see :mod:`dask_nmf.persistence`).
+    checkpoint_every : int
+        Iterations between checkpoints (also the lineage cut on a cluster).
+    resume : bool
+        Continue from the last complete state in ``checkpoint``.
+    overwrite : bool
+        Replace an existing ``checkpoint`` store instead of refusing to.
+    keep_in_memory : bool, optional
+        Keep V's decoded blocks in memory after the first read.  Default:
+        when V takes at most half the workers' memory (a quarter of this
+        machine's free memory on the local scheduler).
+    array : str, optional
+        The array's name when V is a zarr group.
+    dtype : {None, "float32", "float64"}
+        Compute in this dtype (default: float32 for float32 V, else float64).
+    storage_options : dict, optional
+        fsspec options for URLs of V and of the checkpoint.
+
+    Returns
+    -------
+    NMFResult
+        ``W`` (dask array, row blocks aligned with V's), ``H`` (NumPy),
+        ``loss_history``, ``n_iter``, ``converged``.
+    """
+    t_start = time.perf_counter()
+    beta = check_beta_loss(beta_loss)
+    check_params(n_components, max_iter, tol, alpha_W, alpha_H, l1_ratio)
+    if not _is_int(checkpoint_every) or checkpoint_every < 1:
+        raise InputError(f"checkpoint_every must be a positive integer; got {checkpoint_every!r}")
+    if init is None and W_init is not None and H_init is not None:
+        init = "custom"
+    if resume and checkpoint is None:
+        raise InputError("resume=True needs checkpoint= naming the store to resume from")
+
+    Vin = open_input(V, block_rows, array=array, dtype=dtype, storage_options=storage_options)
+    m, n = Vin.shape
+    k = int(n_components)
+    init = resolve_init(init, k, Vin.shape)
+    if init == "custom" and not resume:
+        if W_init is None or H_init is None:
+            raise InputError("init='custom' needs both W_init and H_init")
+    elif W_init is not None or H_init is not None:
+        import warnings
+
+        warnings.warn(
+            f"init={init!r}: the W_init/H_init given are ignored (use init='custom')", UserWarning
+        )
+    if init == "nndsvd":
+        import warnings
+
+        warnings.warn(
+            "multiplicative updates cannot move entries that start at zero, which init='nndsvd' "
+            "produces; init='nndsvda' or 'nndsvdar' usually fit better",
+            UserWarning,
+        )
+    reg = regularization(Vin.shape, alpha_W, alpha_H, l1_ratio)
+    params = {
+        "n_components": k, "beta_loss": BETA_NAMES[beta], "init": init, "max_iter": int(max_iter),
+        "tol": float(tol), "random_state": random_state if _is_int(random_state) else None,
+        "alpha_W": float(alpha_W), "alpha_H": alpha_H if alpha_H == "same" else float(alpha_H),
+        "l1_ratio": float(l1_ratio), "block_rows": Vin.block_rows, "dtype": Vin.dtype.name,
+        "checkpoint_every": int(checkpoint_every),
+    }
+
+    runner = Runner(resolve_client(client))
+    resume_meta = None
+    if checkpoint is not None:
+        exists = persistence.store_exists(checkpoint, storage_options)
+        if resume:
+            if not exists:
+                raise InputError(f"cannot resume: no checkpoint at {checkpoint!r}")
+            resume_meta = persistence.read_meta(checkpoint, storage_options)
+            _check_resumable(resume_meta, params, Vin)
+        elif exists and not overwrite:
+            raise InputError(
+                f"{checkpoint!r} already exists; pass resume=True to continue it or overwrite=True"
+            )
+
+    # Keep V's decoded blocks in memory when they fit: every pass after the first
+    # is then a memory-bound one.
+    if Vin.array is not None:
+        if keep_in_memory is None:
+            keep_in_memory = Vin.nbytes <= runner.memory_budget()
+        if keep_in_memory:
+            (Vin.array,) = runner.persist(Vin.array)
+    sources = runner.place(block_sources(Vin))
+
+    stats = input_stats(runner, sources)  # validation and statistics in one pass
+    check_stats(stats)
+    fit = _Fit(runner, Vin, sources, beta, k, reg, stats["sumsq"], stats["sum"])
+
+    store = checkpoint
+    temp_store = None
+    if store is None and runner.distributed:
+        # The lineage cut needs a store every worker can read.
+        temp_store = store = tempfile.mkdtemp(prefix="dask-nmf-")
+        store = os.path.join(store, "state.zarr")
+        seen = runner.client.run(os.path.isdir, temp_store)
+        if not all(seen.values()):
+            os.rmdir(temp_store)
+            raise InputError(
+                "the workers cannot see this machine's temporary directory; pass "
+                "checkpoint= a location all workers can reach (shared disk or object store)"
+            )
+    meta = {"params": params, "input": Vin.source, "beta_loss": BETA_NAMES[beta]}
+
+    try:
+        if resume_meta is not None:
+            W_h, H, losses, t = _restore(checkpoint, resume_meta, Vin, storage_options)
+        else:
+            W_src, H = _initialize(init, Vin, k, stats, random_state, W_init, H_init, runner)
+            W_h, losses, t = runner.place(W_src), [], 0
+            if store is not None:
+                persistence.create_store(
+                    store, Vin.shape, k, Vin.dtype, Vin.block_rows, meta,
+                    overwrite=overwrite or store != checkpoint, storage_options=storage_options,
+                )
+        H = np.asarray(H, dtype=Vin.dtype)
+
+        def report(s: int, loss: float) -> None:
+            if verbose and (s % 10 == 0 or s == max_iter):
+                print(
+                    f"Epoch {s:02d} reached after {time.perf_counter() - t_start:.3f} seconds, "
+                    f"error: {math.sqrt(2 * loss):f}"
+                )
+            if callback is not None:
+                callback(s, loss)
+
+        def save(W_h, H, t, losses, converged, finished):
+            """Write W (from the workers) and H to the spare slot, then switch to it."""
+            slot = persistence.next_slot(persistence.read_meta(store, storage_options))
+            writes = [
+                dask.delayed(persistence.write_w_block, pure=False)(
+                    store, slot, a, _delayed(w), storage_options
+                )
+                for w, (a, _) in zip(W_h, Vin.bounds)
+            ]
+            runner.run(writes)
+            state = {
+                "iteration": t, "n_iter": t, "loss_history": [float(x) for x in losses],
+                "converged": bool(converged), "finished": bool(finished),
+            }
+            persistence.commit_state(store, slot, H, state, storage_options)
+            if verbose:
+                print(f"checkpoint: iteration {t} written to {store}")
+            if not runner.distributed:
+                return W_h
+            # Read W back: blocks with no history cut the lineage here.
+            return [
+                dask.delayed(persistence.read_w_block, pure=False)(store, slot, a, b, storage_options)
+                for a, b in Vin.bounds
+            ]
+
+        converged = False
+        while t < max_iter:
+            first = not losses
+            W_new, sums = fit.step(W_h, H, t, first)
+            if beta == 2:
+                H_new = fit.h_update(H, sums)
+                if first:
+                    losses.append(kernels.frobenius_loss(fit.norm_v2, sums["A0"], sums["B0"], H))
+                W_h, H, t = W_new, H_new, t + 1
+                losses.append(kernels.frobenius_loss(fit.norm_v2, sums["A"], sums["B"], H))
+                report(t, losses[t])
+                converged = _converged(losses, t, tol)
+            else:
+                # The KL pass returns the loss of the state it started from.
+                if len(losses) == t:
+                    losses.append(kernels.kl_divergence(fit.v_sum, sums["vlogr"], sums["w0_sum"], H))
+                    if t > 0:
+                        report(t, losses[t])
+                converged = _converged(losses, t, tol)
+                if converged:
+                    break  # state t is the answer; the pass just run is dropped
+                W_h, H, t = W_new, fit.h_update(H, sums), t + 1
+            if converged:
+                break
+            if store is not None and t % checkpoint_every == 0 and t < max_iter:
+                W_h = save(W_h, H, t, losses, False, False)
+        if len(losses) == t:  # the KL loss of the final state is still unknown
+            losses.append(fit.loss_only(W_h, H))
+            report(t, losses[t])
+            converged = converged or _converged(losses, t, tol)
+        if checkpoint is not None:
+            W_h = save(W_h, H, t, losses, converged, True)
+        if runner.distributed:
+            # The result's blocks must not depend on the temporary store.
+            W_h, _ = runner.run([_delayed(w) for w in W_h])
+    finally:
+        if temp_store is not None:
+            persistence.remove_store(temp_store)
+
+    W = da.concatenate(
+        [
+            da.from_delayed(_delayed(w), shape=(b - a, k), dtype=Vin.dtype)
+            for w, (a, b) in zip(W_h, Vin.bounds)
+        ],
+        axis=0,
+    )
+    result = NMFResult(
+        W=W, H=H, loss_history=[float(x) for x in losses], n_iter=t, converged=converged,
+        beta_loss=BETA_NAMES[beta], params=params, source=Vin.source,
+    )
+    result.diagnostics = {"graph_tasks": fit.graph_tasks, "kept_in_memory": bool(keep_in_memory)}
+    return result
+
+
+def _initialize(init, Vin, k, stats, random_state, W_init, H_init, runner):
+    mean = stats["sum"] / (Vin.shape[0] * Vin.shape[1])
+    if init == "custom":
+        return custom_init(Vin, k, W_init, H_init)
+    if init == "random":
+        return random_init(Vin, k, mean, random_state)
+    return nndsvd_init(Vin, k, mean, init, random_state, runner.persist)
+
+
+def _check_resumable(meta: dict, params: dict, Vin: InputMatrix) -> None:
+    old = meta.get("params", {})
+    for key in ("n_components", "beta_loss", "block_rows", "alpha_W", "alpha_H", "l1_ratio", "dtype"):
+        if key in old and old[key] != params[key]:
+            raise InputError(
+                f"cannot resume: the checkpoint was made with {key}={old[key]!r}, not {params[key]!r}"
+            )
+    shape = meta.get("input", {}).get("shape")
+    if shape is not None and tuple(shape) != tuple(Vin.shape):
+        raise InputError(f"cannot resume: the checkpoint is for V of shape {tuple(shape)}, not {Vin.shape}")
+    if not meta.get("state"):
+        raise InputError("cannot resume: the checkpoint holds no complete state yet")
+
+
+def _restore(path, meta, Vin, storage_options):
+    state = meta["state"]
+    slot = state["slot"]
+    W_h = [
+        dask.delayed(persistence.read_w_block, pure=False)(path, slot, a, b, storage_options)
+        for a, b in Vin.bounds
+    ]
+    _, H, _ = persistence.read_state(path, storage_options)
+    return W_h, H, list(state["loss_history"]), int(state["iteration"])
+
+
+def input_matrix(V: Any, block_rows: int | None = None, **kw) -> InputMatrix:
+    """Open V as the driver would (exposed for the estimator and the CLI)."""
+    return open_input(V, block_rows, **kw)

@@ -1,0 +1,155 @@
+"""Initial W and H: random, NNDSVD variants (out of core), custom.
+
+Each function returns ``(W_blocks, H)``: one lazy source of W per row block of V
+(a ``dask.delayed`` task or an array) and H as a NumPy array.  W is produced on
+the workers block by block; nothing of size m travels through the client.
+The formulas and scalings follow scikit-learn's ``_initialize_nmf``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from sklearn.utils import check_random_state
+
+from .io import InputError, InputMatrix, check_factor
+
+INITS = ("random", "nndsvd", "nndsvda", "nndsvdar", "custom")
+#: scikit-learn zeroes NNDSVD entries below this before filling them.
+_NNDSVD_EPS = 1e-6
+
+
+def resolve_init(init: str | None, n_components: int, shape: tuple[int, int]) -> str:
+    """scikit-learn's default: ``nndsvda`` when k <= min(m, n), else ``random``."""
+    if init is None:
+        return "nndsvda" if n_components <= min(shape) else "random"
+    if init not in INITS:
+        raise InputError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    return init
+
+
+def _block_seeds(rng: np.random.RandomState, n_blocks: int) -> list[int]:
+    return [int(s) for s in rng.randint(0, 2**31 - 1, size=n_blocks)]
+
+
+def _random_w_block(seed: int, n_rows: int, k: int, scale: float, dtype: str) -> np.ndarray:
+    rng = np.random.RandomState(seed)
+    W = scale * rng.standard_normal(size=(n_rows, k)).astype(dtype, copy=False)
+    return np.abs(W, out=W)
+
+
+def random_init(V: InputMatrix, k: int, v_mean: float, random_state: Any):
+    """``|N(0, 1)| * sqrt(mean(V) / k)`` entries, like scikit-learn's ``init="random"``.
+
+    H comes from ``random_state`` first; each W block then gets its own seed
+    from it, so the result depends on the seed and the row blocks only.
+    """
+    rng = check_random_state(random_state)
+    avg = float(np.sqrt(v_mean / k))
+    H = avg * rng.standard_normal(size=(k, V.shape[1])).astype(V.dtype, copy=False)
+    np.abs(H, out=H)
+    seeds = _block_seeds(rng, len(V.bounds))
+    W = [
+        dask.delayed(_random_w_block, pure=True)(seed, b - a, k, avg, V.dtype.str)
+        for seed, (a, b) in zip(seeds, V.bounds)
+    ]
+    return W, H
+
+
+def _nndsvd_w_block(
+    U: np.ndarray, scale: np.ndarray, part: np.ndarray, variant: str, avg: float,
+    seed: int, dtype: str,
+) -> np.ndarray:
+    """W rows from the left singular vectors (a pure function of one block).
+
+    ``part[j]`` says which part of column j to keep: 0 its absolute value,
+    1 its positive part, -1 its negative part.
+    """
+    W = np.where(part > 0, np.maximum(U, 0), np.abs(np.minimum(U, 0)))
+    W[:, part == 0] = np.abs(U[:, part == 0])
+    W *= scale
+    W = W.astype(dtype, copy=False)
+    W[W < _NNDSVD_EPS] = 0
+    if variant == "nndsvda":
+        W[W == 0] = avg
+    elif variant == "nndsvdar":
+        rng = np.random.RandomState(seed)
+        zeros = W == 0
+        W[zeros] = abs(avg * rng.standard_normal(size=int(zeros.sum())) / 100)
+    return W
+
+
+def nndsvd_init(V: InputMatrix, k: int, v_mean: float, variant: str, random_state: Any, persist):
+    """NNDSVD (Boutsidis & Gallopoulos) from an out-of-core randomized SVD.
+
+    The SVD is ``dask.array.linalg.svd_compressed`` (a few passes over V, never
+    a dense SVD); the signs and norms of the singular vectors' positive and
+    negative parts are reduced to k numbers each, then W is built block by block.
+    ``persist`` keeps the m x k left singular vectors on the cluster while W is made.
+    """
+    rng = check_random_state(random_state)
+    Vd = V.array
+    if Vd is None:
+        chunks = (tuple(b - a for a, b in V.bounds), (V.shape[1],))
+        Vd = da.from_array(V.numpy, chunks=chunks)
+    U, S, Vt = da.linalg.svd_compressed(
+        Vd, k, n_power_iter=2, seed=int(rng.randint(0, 2**31 - 1))
+    )
+    U = U.rechunk((Vd.chunks[0], (k,)))
+    (U,) = persist(U)
+    pos_norm = da.sqrt((da.maximum(U, 0) ** 2).sum(axis=0))
+    neg_norm = da.sqrt((da.minimum(U, 0) ** 2).sum(axis=0))
+    S, Vt, pos_norm, neg_norm = dask.compute(S, Vt, pos_norm, neg_norm)
+
+    H = np.zeros((k, V.shape[1]), dtype=np.float64)
+    scale = np.zeros(k)
+    part = np.ones(k, dtype=np.int8)
+    part[0] = 0
+    # The leading singular pair can be taken non-negative as it is.
+    H[0] = np.sqrt(S[0]) * np.abs(Vt[0])
+    scale[0] = np.sqrt(S[0])
+    for j in range(1, k):
+        y = Vt[j]
+        y_p, y_n = np.maximum(y, 0), np.abs(np.minimum(y, 0))
+        y_p_nrm, y_n_nrm = np.linalg.norm(y_p), np.linalg.norm(y_n)
+        m_p, m_n = pos_norm[j] * y_p_nrm, neg_norm[j] * y_n_nrm
+        if m_p > m_n:
+            x_nrm, v, sigma = pos_norm[j], y_p / y_p_nrm, m_p
+        else:
+            x_nrm, v, sigma = neg_norm[j], (y_n / y_n_nrm if y_n_nrm > 0 else y_n), m_n
+            part[j] = -1
+        lbd = np.sqrt(S[j] * sigma)
+        H[j] = lbd * v
+        scale[j] = lbd / x_nrm if x_nrm > 0 else 0.0
+    H = H.astype(V.dtype)
+    H[H < _NNDSVD_EPS] = 0
+    avg = float(v_mean)
+    if variant == "nndsvda":
+        H[H == 0] = avg
+    elif variant == "nndsvdar":
+        zeros = H == 0
+        H[zeros] = abs(avg * rng.standard_normal(size=int(zeros.sum())) / 100)
+    seeds = _block_seeds(rng, len(V.bounds))
+    W = [
+        dask.delayed(_nndsvd_w_block, pure=True)(Ub, scale, part, variant, avg, seed, V.dtype.str)
+        for Ub, seed in zip(U.to_delayed().ravel(), seeds)
+    ]
+    return W, H
+
+
+def custom_init(V: InputMatrix, k: int, W_init: Any, H_init: Any):
+    """User-given W and H, validated (shape, sign, finiteness) and split into blocks."""
+    m, n = V.shape
+    W_init = check_factor(W_init, (m, k), "W_init")
+    H_init = check_factor(H_init, (k, n), "H_init")
+    H = np.asarray(H_init, dtype=V.dtype)
+    if isinstance(W_init, da.Array):
+        W_init = W_init.astype(V.dtype).rechunk((tuple(b - a for a, b in V.bounds), (k,)))
+        W = list(W_init.to_delayed().ravel())
+    else:
+        W_init = np.asarray(W_init, dtype=V.dtype)
+        W = [W_init[a:b] for a, b in V.bounds]
+    return W, H

@@ -1,0 +1,251 @@
+"""Opening V, splitting it into row blocks, and validating it.
+
+Whatever the user has -- a zarr path or fsspec URL, a ``zarr.Array``, a dask
+array, a NumPy array -- becomes an :class:`InputMatrix`: the shape, the dtype
+we compute in, the row blocks, and one lazily read source per row block.  V is
+never loaded whole and never written.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+from dask.utils import parse_bytes
+
+from . import kernels
+
+
+class InputError(ValueError):
+    """V (or an option describing it) cannot be used; the message says why."""
+
+
+@dataclass
+class InputMatrix:
+    """V split into row blocks.
+
+    Attributes
+    ----------
+    shape, dtype
+        Shape of V and the floating dtype the factorization runs in.
+    bounds
+        ``(start, stop)`` of each row block.
+    array
+        V as a dask array chunked by exactly these row blocks (for dask and zarr
+        input), or ``None`` for an in-memory NumPy V.
+    numpy
+        The NumPy V, when V was given in memory.
+    source
+        A description of where V came from (path, chunks), kept with results.
+    """
+
+    shape: tuple[int, int]
+    dtype: np.dtype
+    bounds: list[tuple[int, int]]
+    array: da.Array | None = None
+    numpy: np.ndarray | None = None
+    source: dict = field(default_factory=dict)
+
+    @property
+    def block_rows(self) -> int:
+        return self.bounds[0][1] - self.bounds[0][0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+
+def _float_dtype(dtype: np.dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf":
+        raise InputError(f"V has dtype {dtype}; NMF needs real numbers (float or integer)")
+    # Like scikit-learn: float32 stays float32, everything else becomes float64.
+    return np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
+
+
+def default_block_rows(n_cols: int, dtype: np.dtype, row_chunk: int | None = None) -> int:
+    """Rows per block derived from dask's ``array.chunk-size`` setting.
+
+    Rounded to a multiple of the store's row chunk where that is smaller, so no
+    stored chunk is split between two blocks (and decompressed twice).
+    """
+    target = parse_bytes(dask.config.get("array.chunk-size"))
+    rows = max(1, target // max(1, n_cols * np.dtype(dtype).itemsize))
+    if row_chunk and rows > row_chunk:
+        rows = (rows // row_chunk) * row_chunk
+    return int(rows)
+
+
+def row_bounds(n_rows: int, block_rows: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive row blocks of ``block_rows`` rows."""
+    return [(s, min(s + block_rows, n_rows)) for s in range(0, n_rows, block_rows)]
+
+
+def open_zarr_array(
+    path: Any, array: str | None = None, storage_options: dict | None = None
+) -> zarr.Array:
+    """Open a zarr array read-only from a path/URL (or a group and array name)."""
+    if isinstance(path, (str, os.PathLike)):
+        spath = os.fspath(path)
+        if "://" not in spath and not os.path.exists(spath):
+            raise InputError(f"no zarr store at {spath!r}: the path does not exist")
+    try:
+        node = zarr.open(path, mode="r", storage_options=storage_options)
+    except FileNotFoundError as exc:
+        raise InputError(f"no zarr store at {path!r}") from exc
+    except Exception as exc:  # zarr raises several types for "not a store"
+        raise InputError(f"cannot open {path!r} as a zarr store: {exc}") from exc
+    if isinstance(node, zarr.Group):
+        if array is None:
+            names = sorted(node.array_keys())
+            if len(names) == 1:
+                array = names[0]
+            else:
+                raise InputError(
+                    f"{path!r} is a zarr group with arrays {names}; say which one to use"
+                )
+        try:
+            node = node[array]
+        except KeyError:
+            raise InputError(
+                f"the zarr group {path!r} has no array {array!r} (it has {sorted(node.array_keys())})"
+            ) from None
+        if not isinstance(node, zarr.Array):
+            raise InputError(f"{array!r} in {path!r} is a group, not an array")
+    elif array is not None:
+        raise InputError(f"{path!r} is a zarr array, not a group; it has no array {array!r}")
+    return node
+
+
+def open_input(
+    V: Any,
+    block_rows: int | None = None,
+    *,
+    array: str | None = None,
+    dtype: Any = None,
+    storage_options: dict | None = None,
+) -> InputMatrix:
+    """Turn V into an :class:`InputMatrix` (no values are read here).
+
+    Parameters
+    ----------
+    V : str, os.PathLike, zarr.Array, dask.array.Array or numpy.ndarray
+        The non-negative matrix; a path or fsspec URL names a zarr store.
+    block_rows : int, optional
+        Rows per block; default from dask's ``array.chunk-size``.
+    array : str, optional
+        The array's name when V names a zarr group.
+    dtype : {None, "float32", "float64"}
+        Compute in this dtype instead of V's own.
+    storage_options : dict, optional
+        Passed to fsspec for URLs.
+    """
+    source: dict = {"kind": type(V).__name__}
+    if isinstance(V, (str, os.PathLike)):
+        source = {"kind": "zarr", "path": os.fspath(V), "array": array}
+        V = open_zarr_array(V, array, storage_options)
+    elif array is not None:
+        raise InputError("array= only applies when V is a path to a zarr group")
+    elif hasattr(V, "dims") and hasattr(V, "data"):  # xarray.DataArray
+        V = V.data
+
+    if isinstance(V, zarr.Array):
+        source.setdefault("kind", "zarr")
+        source.update(shape=list(V.shape), dtype=str(V.dtype), chunks=list(V.chunks))
+    elif isinstance(V, da.Array):
+        source.update(shape=list(V.shape), dtype=str(V.dtype))
+    elif not isinstance(V, np.ndarray):
+        if hasattr(V, "toarray") or type(V).__module__.startswith("scipy.sparse"):
+            raise InputError("sparse V is not supported yet; pass a dense array")
+        try:
+            V = np.asarray(V)
+        except Exception as exc:
+            raise InputError(f"cannot use an object of type {type(V).__name__} as V") from exc
+        source = {"kind": "ndarray"}
+
+    if V.ndim != 2:
+        raise InputError(f"V must be 2-D (samples x features); got {V.ndim}-D of shape {V.shape}")
+    m, n = (int(s) for s in V.shape)
+    if m == 0 or n == 0:
+        raise InputError(f"V is empty (shape {V.shape})")
+    compute_dtype = _float_dtype(V.dtype) if dtype is None else _float_dtype(np.dtype(dtype))
+    row_chunk = None
+    if isinstance(V, zarr.Array):
+        row_chunk = int(V.chunks[0])
+    elif isinstance(V, da.Array):
+        row_chunk = int(max(V.chunks[0]))
+    if block_rows is None:
+        block_rows = default_block_rows(n, compute_dtype, row_chunk)
+    elif not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
+        raise InputError(f"block_rows must be a positive integer; got {block_rows!r}")
+    block_rows = int(min(block_rows, m))
+    bounds = row_bounds(m, block_rows)
+    chunks = (tuple(b - a for a, b in bounds), (n,))
+
+    if isinstance(V, np.ndarray):
+        arr = V if V.dtype == compute_dtype else V.astype(compute_dtype)
+        return InputMatrix((m, n), compute_dtype, bounds, numpy=arr, source=source)
+    if isinstance(V, zarr.Array):
+        # Reads each row block straight from the store, whatever its chunking.
+        arr = da.from_zarr(V, chunks=chunks)
+    else:
+        arr = V.rechunk(chunks) if V.chunks != chunks else V
+    if arr.dtype != compute_dtype:
+        arr = arr.astype(compute_dtype)
+    return InputMatrix((m, n), compute_dtype, bounds, array=arr, source=source)
+
+
+def block_sources(V: InputMatrix) -> list:
+    """One dask ``Delayed`` (or in-memory array) per row block of V."""
+    if V.numpy is not None:
+        return [V.numpy[a:b] for a, b in V.bounds]
+    return list(V.array.to_delayed().ravel())
+
+
+def check_stats(stats: dict, name: str = "V") -> None:
+    """Raise :class:`InputError` if the statistics show NaN/inf or negative values."""
+    if not stats["finite"]:
+        raise InputError(f"{name} contains NaN or infinite values; NMF needs finite entries")
+    if stats["min"] < 0:
+        raise InputError(
+            f"{name} contains negative values (minimum {stats['min']:.6g}); NMF needs V >= 0"
+        )
+
+
+def check_factor(X: Any, shape: tuple[int, int], name: str) -> Any:
+    """Validate a user-supplied initial factor (shape, finiteness, sign)."""
+    if X is None:
+        raise InputError(f"init='custom' needs {name}")
+    if not isinstance(X, da.Array):
+        X = np.asarray(X)
+    if X.ndim != 2 or tuple(X.shape) != tuple(shape):
+        raise InputError(f"{name} has shape {tuple(X.shape)}; expected {tuple(shape)}")
+    if np.dtype(X.dtype).kind not in "biuf":
+        raise InputError(f"{name} has dtype {X.dtype}; expected real numbers")
+    stats = (
+        kernels.block_stats(X)
+        if isinstance(X, np.ndarray)
+        else dask.compute(_dask_stats(X))[0]
+    )
+    check_stats(stats, name)
+    if stats["sum"] == 0:
+        raise InputError(f"{name} is all zeros; multiplicative updates cannot move from zero")
+    return X
+
+
+def _dask_stats(X: da.Array):
+    blocks = X.to_delayed().ravel()
+    parts = [dask.delayed(kernels.block_stats)(b) for b in blocks]
+    return dask.delayed(_reduce_stats)(parts)
+
+
+def _reduce_stats(parts: list[dict]) -> dict:
+    out = parts[0]
+    for p in parts[1:]:
+        out = kernels.merge_stats(out, p)
+    return out

@@ -1,0 +1,343 @@
+"""Per-block NumPy kernels of Lee & Seung's multiplicative updates.
+
+Everything here is a pure function of arrays: no dask, no I/O.  A *block* is a
+set of whole rows of V (``V_i``, shape ``m_i x n``) together with the matching
+rows of W (``W_i``, ``m_i x k``).  The W update is row-local, so a block can
+update its W rows on its own and emit the small partial sums (``k x n`` and
+``k x k``) from which the driver builds the H update.
+
+The guards against zero denominators and the order of operations follow
+scikit-learn's ``NMF(solver="mu")`` (``sklearn/decomposition/_nmf.py``), so that
+the same start gives the same factors to rounding error.
+
+Inside a block the rows are processed in cache-sized *sub-blocks*: the W update
+of a sub-block and its contribution to ``W'^T V`` are computed while that
+sub-block of V is still in cache, so V is streamed from memory once per
+iteration instead of twice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import xlogy
+
+#: Guard used by scikit-learn for denominators and for W·H in the KL update.
+EPSILON = float(np.finfo(np.float32).eps)
+#: scikit-learn zeroes entries of H below this after a KL update.
+H_FLOOR = float(np.finfo(np.float64).eps)
+
+#: Bytes of V processed together inside a block; a few MiB keeps a sub-block of
+#: V (and W·H for KL) in the last-level cache while both products use it.
+SUB_BLOCK_BYTES = 4 * 2**20
+
+
+def _sub_blocks(n_rows: int, row_bytes: int, sub_bytes: int = SUB_BLOCK_BYTES):
+    step = max(1, sub_bytes // max(row_bytes, 1))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(start + step, n_rows))
+
+
+def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator`` with zero denominators replaced by EPSILON."""
+    denominator[denominator == 0] = EPSILON
+    numerator /= denominator
+    return numerator
+
+
+# --------------------------------------------------------------------------
+# W updates (row-local)
+# --------------------------------------------------------------------------
+def frobenius_w_update(
+    V: np.ndarray,
+    W: np.ndarray,
+    H: np.ndarray,
+    HHt: np.ndarray,
+    l1: float = 0.0,
+    l2: float = 0.0,
+) -> np.ndarray:
+    """One Frobenius MU step for the rows ``W`` of V (a new array; inputs untouched).
+
+    ``W' = W * (V H^T) / (W H H^T + l1 + l2 W)``.
+    """
+    numerator = V @ H.T
+    denominator = W @ HHt
+    if l1 > 0:
+        denominator += l1
+    if l2 > 0:
+        denominator += l2 * W
+    return W * _safe_ratio(numerator, denominator)
+
+
+def _kl_ratio(V: np.ndarray, W: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """``V / (W H)`` with W·H floored at EPSILON (scikit-learn's guard)."""
+    WH = W @ H
+    WH[WH < EPSILON] = EPSILON
+    np.divide(V, WH, out=WH)
+    return WH
+
+
+def kl_w_update(
+    V: np.ndarray,
+    W: np.ndarray,
+    H: np.ndarray,
+    H_sum: np.ndarray,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    ratio: np.ndarray | None = None,
+) -> np.ndarray:
+    """One KL MU step for the rows ``W`` of V (a new array; inputs untouched).
+
+    ``W' = W * ((V / WH) H^T) / (1 H^T + l1 + l2 W)``.  ``ratio`` may pass a
+    precomputed ``V / WH``.
+    """
+    if ratio is None:
+        ratio = _kl_ratio(V, W, H)
+    numerator = ratio @ H.T
+    denominator = np.broadcast_to(H_sum, W.shape).copy()
+    if l1 > 0:
+        denominator += l1
+    if l2 > 0:
+        denominator += l2 * W
+    return W * _safe_ratio(numerator, denominator)
+
+
+# --------------------------------------------------------------------------
+# One fused pass over a block: W update + partial sums for H + loss terms
+# --------------------------------------------------------------------------
+def frobenius_block_step(
+    V: np.ndarray,
+    W: np.ndarray,
+    H: np.ndarray,
+    HHt: np.ndarray,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    initial_loss: bool = False,
+) -> tuple[np.ndarray, dict]:
+    """Update a W block and emit the Frobenius partial sums of the H update.
+
+    Returns ``(W', partials)`` with ``partials["A"] = W'^T V`` (k x n) and
+    ``partials["B"] = W'^T W'`` (k x k).  With ``initial_loss`` the same sums of
+    the *incoming* W (``"A0"``, ``"B0"``) are added, from which the driver gets
+    the loss at the starting point without another pass over V.
+    """
+    V = np.asarray(V)
+    k, n = H.shape
+    W_new = np.empty_like(W)
+    A = np.zeros((k, n), dtype=W.dtype)
+    B = np.zeros((k, k), dtype=W.dtype)
+    if initial_loss:
+        A0 = np.zeros((k, n), dtype=W.dtype)
+        B0 = np.zeros((k, k), dtype=W.dtype)
+    for rows in _sub_blocks(V.shape[0], n * V.dtype.itemsize):
+        Vs, Ws = V[rows], W[rows]
+        Wn = frobenius_w_update(Vs, Ws, H, HHt, l1, l2)
+        W_new[rows] = Wn
+        A += Wn.T @ Vs
+        B += Wn.T @ Wn
+        if initial_loss:
+            A0 += Ws.T @ Vs
+            B0 += Ws.T @ Ws
+    partials = {"A": A, "B": B}
+    if initial_loss:
+        partials.update(A0=A0, B0=B0)
+    return W_new, partials
+
+
+def kl_block_step(
+    V: np.ndarray,
+    W: np.ndarray,
+    H: np.ndarray,
+    l1: float = 0.0,
+    l2: float = 0.0,
+) -> tuple[np.ndarray, dict]:
+    """Update a W block and emit the KL partial sums of the H update.
+
+    Returns ``(W', partials)`` with ``partials["A"] = W'^T (V / W'H)`` (k x n),
+    ``partials["w_sum"]`` the column sums of W', and the loss terms of the
+    *incoming* state (W, H): ``"vlogr"`` = sum V log(V / WH), ``"w0_sum"`` the
+    column sums of W.  The KL update needs W·H anyway, so the loss of the state
+    this step starts from costs nothing extra.
+    """
+    V = np.asarray(V)
+    k, n = H.shape
+    H_sum = H.sum(axis=1)
+    W_new = np.empty_like(W)
+    A = np.zeros((k, n), dtype=W.dtype)
+    vlogr = 0.0
+    for rows in _sub_blocks(V.shape[0], n * V.dtype.itemsize):
+        Vs, Ws = V[rows], W[rows]
+        ratio = _kl_ratio(Vs, Ws, H)
+        vlogr += float(xlogy(Vs, ratio).sum(dtype=np.float64))
+        Wn = kl_w_update(Vs, Ws, H, H_sum, l1, l2, ratio=ratio)
+        W_new[rows] = Wn
+        A += Wn.T @ _kl_ratio(Vs, Wn, H)
+    partials = {
+        "A": A,
+        "w_sum": W_new.sum(axis=0),
+        "vlogr": vlogr,
+        "w0_sum": W.sum(axis=0, dtype=np.float64),
+    }
+    return W_new, partials
+
+
+def kl_loss_terms(V: np.ndarray, W: np.ndarray, H: np.ndarray) -> dict:
+    """The per-block terms of D(V || WH) (see :func:`kl_divergence`)."""
+    V = np.asarray(V)
+    vlogr = 0.0
+    for rows in _sub_blocks(V.shape[0], H.shape[1] * V.dtype.itemsize):
+        ratio = _kl_ratio(V[rows], W[rows], H)
+        vlogr += float(xlogy(V[rows], ratio).sum(dtype=np.float64))
+    return {"vlogr": vlogr, "w0_sum": W.sum(axis=0, dtype=np.float64)}
+
+
+def frobenius_loss_terms(V: np.ndarray, W: np.ndarray) -> dict:
+    """The per-block sums ``W^T V`` and ``W^T W`` of the Frobenius loss."""
+    V = np.asarray(V)
+    return {"A0": W.T @ V, "B0": W.T @ W}
+
+
+# --------------------------------------------------------------------------
+# H updates (on the reduced sums; small arrays)
+# --------------------------------------------------------------------------
+def frobenius_h_update(
+    H: np.ndarray, A: np.ndarray, B: np.ndarray, l1: float = 0.0, l2: float = 0.0
+) -> np.ndarray:
+    """``H' = H * (W^T V) / (W^T W H + l1 + l2 H)`` from ``A = W^T V``, ``B = W^T W``."""
+    denominator = B @ H
+    if l1 > 0:
+        denominator += l1
+    if l2 > 0:
+        denominator = denominator + l2 * H
+    return H * _safe_ratio(A.copy(), denominator)
+
+
+def kl_h_update(
+    H: np.ndarray, A: np.ndarray, w_sum: np.ndarray, l1: float = 0.0, l2: float = 0.0
+) -> np.ndarray:
+    """``H' = H * (W^T (V / WH)) / (W^T 1 + l1 + l2 H)``, then tiny entries set to 0.
+
+    ``A = W^T (V / WH)``; ``w_sum`` the column sums of W.
+    """
+    w_sum = np.where(w_sum == 0, 1.0, w_sum).astype(H.dtype)
+    denominator = np.broadcast_to(w_sum[:, None], H.shape).copy()
+    if l1 > 0:
+        denominator += l1
+    if l2 > 0:
+        denominator += l2 * H
+    H_new = H * _safe_ratio(A.copy(), denominator)
+    H_new[H_new < H_FLOOR] = 0.0
+    return H_new
+
+
+# --------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------
+def frobenius_loss(norm_v2: float, A: np.ndarray, B: np.ndarray, H: np.ndarray) -> float:
+    """``0.5 * ||V - W H||^2`` from ``||V||^2``, ``A = W^T V`` and ``B = W^T W``.
+
+    ``||V - WH||^2 = ||V||^2 - 2 <A, H> + <B, H H^T>``; evaluated in float64.
+    """
+    A = np.asarray(A, dtype=np.float64)
+    B = np.asarray(B, dtype=np.float64)
+    H = np.asarray(H, dtype=np.float64)
+    sq = norm_v2 - 2.0 * float(np.vdot(A, H)) + float(np.vdot(B, H @ H.T))
+    return 0.5 * max(sq, 0.0)
+
+
+def kl_divergence(v_sum: float, vlogr: float, w_sum: np.ndarray, H: np.ndarray) -> float:
+    """Generalized KL divergence ``sum(V log(V/WH) - V + WH)`` from reduced terms.
+
+    ``vlogr = sum V log(V / WH)``, ``v_sum = sum V``; ``sum WH`` is the product
+    of W's column sums and H's row sums.
+    """
+    wh_sum = float(np.dot(np.asarray(w_sum, np.float64), H.sum(axis=1, dtype=np.float64)))
+    return max(vlogr - v_sum + wh_sum, 0.0)
+
+
+def block_stats(V: np.ndarray) -> dict:
+    """Statistics of one block for validation and set-up, in one read.
+
+    ``min``, ``finite`` (all finite), ``sum`` and ``sumsq`` (float64).
+    """
+    V = np.asarray(V)
+    if V.size == 0:
+        return {"min": np.inf, "finite": True, "sum": 0.0, "sumsq": 0.0}
+    finite = bool(np.isfinite(V).all())
+    V64 = V.astype(np.float64, copy=False)
+    return {
+        "min": float(V.min()) if finite else float(np.nanmin(np.where(np.isfinite(V), V, np.inf))),
+        "finite": finite,
+        "sum": float(V64.sum()),
+        "sumsq": float(np.vdot(V64, V64)) if finite else np.nan,
+    }
+
+
+def merge_stats(a: dict, b: dict) -> dict:
+    """Combine two :func:`block_stats` results."""
+    return {
+        "min": min(a["min"], b["min"]),
+        "finite": a["finite"] and b["finite"],
+        "sum": a["sum"] + b["sum"],
+        "sumsq": a["sumsq"] + b["sumsq"],
+    }
+
+
+def add_partials(a: dict, b: dict) -> dict:
+    """Sum two partial-sum dictionaries key by key."""
+    return {key: a[key] + b[key] for key in a}
+
+
+# --------------------------------------------------------------------------
+# transform: W for new rows with H fixed, entirely inside one block
+# --------------------------------------------------------------------------
+def transform_block(
+    V: np.ndarray,
+    H: np.ndarray,
+    w_start: float,
+    beta: float,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    max_iter: int = 200,
+    tol: float = 1e-4,
+) -> np.ndarray:
+    """Solve for the rows W of V with H fixed by MU, inside one block.
+
+    W starts at the constant ``w_start`` (scikit-learn uses
+    ``sqrt(mean(V) / k)``); the stopping rule is scikit-learn's, checked every
+    10 iterations on this block's own error, so blocks never wait for each other.
+    """
+    V = np.asarray(V)
+    k = H.shape[0]
+    W = np.full((V.shape[0], k), w_start, dtype=H.dtype)
+    if V.shape[0] == 0:
+        return W
+    if beta == 2:
+        HHt = H @ H.T
+        VHt = V @ H.T
+    else:
+        H_sum = H.sum(axis=1)
+
+    def error(W):
+        if beta == 2:
+            R = V - W @ H
+            return np.sqrt(float(np.vdot(R, R)))
+        terms = kl_loss_terms(V, W, H)
+        return np.sqrt(2 * kl_divergence(float(V.sum(dtype=np.float64)), terms["vlogr"], terms["w0_sum"], H))
+
+    error_at_init = previous = error(W) if tol > 0 else 0.0
+    for n_iter in range(1, max_iter + 1):
+        if beta == 2:
+            denominator = W @ HHt
+            if l1 > 0:
+                denominator += l1
+            if l2 > 0:
+                denominator += l2 * W
+            W = W * _safe_ratio(VHt.copy(), denominator)
+        else:
+            W = kl_w_update(V, W, H, H_sum, l1, l2)
+        if tol > 0 and n_iter % 10 == 0:
+            err = error(W)
+            if error_at_init == 0 or (previous - err) / error_at_init < tol:
+                break
+            previous = err
+    return W

@@ -1,0 +1,248 @@
+"""Results and checkpoints in zarr groups.
+
+Layout of a result/checkpoint group (zarr v3)::
+
+    OUT.zarr/
+      zarr.json            attributes["dask_nmf"]: parameters, input, state
+      state0/W  state0/H   one complete (W, H) pair
+      state1/W  state1/H   the other one
+
+W is chunked by V's row blocks and written by the workers, block by block;
+H is small and written by the client.  The two slots are written in turn and
+the attribute ``state.slot`` names the one that is complete: a new state is
+written into the *other* slot, and only after all its chunks are stored is the
+attribute switched (one small atomic write).  A crash at any moment therefore
+leaves the previous complete (W, H, iteration) readable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+SLOTS = ("state0", "state1")
+FORMAT = 1
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _is_local(path: Any) -> bool:
+    return isinstance(path, (str, os.PathLike)) and "://" not in os.fspath(path)
+
+
+def store_exists(path: Any, storage_options: dict | None = None) -> bool:
+    """Whether ``path`` holds a zarr node."""
+    if _is_local(path):
+        return os.path.exists(path)
+    try:
+        zarr.open(path, mode="r", storage_options=storage_options)
+        return True
+    except Exception:
+        return False
+
+
+def remove_store(path: Any, storage_options: dict | None = None) -> None:
+    """Delete a store (used for --overwrite and for temporary stores)."""
+    if _is_local(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(os.fspath(path), **(storage_options or {}))
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+
+
+def create_store(
+    path: Any,
+    shape: tuple[int, int],
+    n_components: int,
+    dtype: Any,
+    block_rows: int,
+    meta: dict,
+    *,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+) -> zarr.Group:
+    """Create an empty result/checkpoint group with both slots allocated."""
+    m, n = shape
+    group = zarr.open_group(
+        path, mode="w" if overwrite else "w-", storage_options=storage_options
+    )
+    for slot in SLOTS:
+        group.create_array(
+            f"{slot}/W", shape=(m, n_components), chunks=(block_rows, n_components), dtype=dtype
+        )
+        group.create_array(f"{slot}/H", shape=(n_components, n), chunks=(n_components, n), dtype=dtype)
+    attrs = dict(meta, format=FORMAT, version=_version(), state=None)
+    group.attrs.update({"dask_nmf": attrs})
+    return group
+
+
+def read_meta(path: Any, storage_options: dict | None = None) -> dict:
+    """The ``dask_nmf`` attributes of a result/checkpoint group."""
+    try:
+        group = zarr.open_group(path, mode="r", storage_options=storage_options)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        raise FileNotFoundError(f"no dask_nmf result or checkpoint at {path!r}") from exc
+    meta = group.attrs.get("dask_nmf")
+    if meta is None:
+        raise ValueError(f"{path!r} is a zarr group but not a dask_nmf result or checkpoint")
+    return dict(meta)
+
+
+def next_slot(meta: dict) -> str:
+    """The slot that does not hold the current complete state."""
+    state = meta.get("state")
+    if not state:
+        return SLOTS[0]
+    return SLOTS[1] if state["slot"] == SLOTS[0] else SLOTS[0]
+
+
+def write_w_block(
+    path: Any, slot: str, start: int, W_block: np.ndarray, storage_options: dict | None = None
+) -> int:
+    """Write one row block of W into ``slot`` (runs on a worker); returns its row count."""
+    arr = zarr.open_array(path, path=f"{slot}/W", mode="r+", storage_options=storage_options)
+    arr[start : start + W_block.shape[0]] = W_block
+    return int(W_block.shape[0])
+
+
+def read_w_block(
+    path: Any, slot: str, start: int, stop: int, storage_options: dict | None = None
+) -> np.ndarray:
+    """Read one row block of W from ``slot`` (runs on a worker)."""
+    arr = zarr.open_array(path, path=f"{slot}/W", mode="r", storage_options=storage_options)
+    return arr[start:stop]
+
+
+def commit_state(
+    path: Any, slot: str, H: np.ndarray, state: dict, storage_options: dict | None = None
+) -> None:
+    """Store H in ``slot`` and then mark ``slot`` as the current complete state.
+
+    Call only after every W block of this state has been written to ``slot``.
+    """
+    group = zarr.open_group(path, mode="r+", storage_options=storage_options)
+    group[f"{slot}/H"][...] = H
+    meta = dict(group.attrs["dask_nmf"])
+    meta["state"] = dict(state, slot=slot)
+    # The attribute write is the marker: zarr writes the metadata document in
+    # one piece (atomically on local disk, one PUT on object stores).
+    group.attrs.update({"dask_nmf": meta})
+
+
+def read_state(path: Any, storage_options: dict | None = None) -> tuple[da.Array, np.ndarray, dict]:
+    """W (lazy), H and the attributes of the last complete state in a group."""
+    meta = read_meta(path, storage_options)
+    state = meta.get("state")
+    if not state:
+        raise ValueError(f"{path!r} holds no complete state yet (a run that stopped before its first checkpoint)")
+    group = zarr.open_group(path, mode="r", storage_options=storage_options)
+    W = da.from_zarr(group[f"{state['slot']}/W"])
+    H = group[f"{state['slot']}/H"][...]
+    return W, H, meta
+
+
+@dataclass
+class NMFResult:
+    """The outcome of :func:`dask_nmf.factorize`.
+
+    Attributes
+    ----------
+    W : dask.array.Array, shape (m, k)
+        Row blocks aligned with V's; held on the cluster (or in memory).
+    H : numpy.ndarray, shape (k, n)
+    loss_history : list of float
+        The cost after each iteration, starting with the initial point:
+        ``0.5 * ||V - WH||^2`` (Frobenius) or ``D(V || WH)`` (KL).
+        ``len(loss_history) == n_iter + 1``.
+    n_iter : int
+        Iterations run.
+    converged : bool
+        Whether the ``tol`` criterion stopped the run before ``max_iter``.
+    beta_loss : str
+    params : dict
+        The settings of the run.
+    source : dict
+        Where V came from.
+    """
+
+    W: da.Array
+    H: np.ndarray
+    loss_history: list[float]
+    n_iter: int
+    converged: bool
+    beta_loss: str
+    params: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)
+
+    @property
+    def reconstruction_err(self) -> float:
+        """scikit-learn's ``reconstruction_err_``: ``sqrt(2 * final loss)``."""
+        return float(np.sqrt(2.0 * self.loss_history[-1]))
+
+    def to_zarr(
+        self, path: Any, *, overwrite: bool = False, storage_options: dict | None = None
+    ) -> None:
+        """Write W, H and the attributes to a zarr group (see the module docstring).
+
+        W is stored from the workers block by block, never gathered here.
+        """
+        block_rows = int(self.W.chunks[0][0])
+        meta = {"params": self.params, "input": self.source, "beta_loss": self.beta_loss}
+        create_store(
+            path, self.W.shape, self.H.shape[0], self.H.dtype, block_rows, meta,
+            overwrite=overwrite, storage_options=storage_options,
+        )
+        slot = SLOTS[0]
+        target = zarr.open_array(path, path=f"{slot}/W", mode="r+", storage_options=storage_options)
+        W = self.W.rechunk((block_rows, self.W.shape[1]))
+        da.store(W, target, lock=False)
+        commit_state(path, slot, self.H, self._state(finished=True), storage_options)
+
+    def _state(self, finished: bool) -> dict:
+        return {
+            "iteration": int(self.n_iter),
+            "n_iter": int(self.n_iter),
+            "loss_history": [float(x) for x in self.loss_history],
+            "converged": bool(self.converged),
+            "finished": bool(finished),
+        }
+
+
+def load(path: Any, storage_options: dict | None = None) -> NMFResult:
+    """Read a result or checkpoint group written by dask_nmf.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A local path or fsspec URL.
+
+    Returns
+    -------
+    NMFResult
+        W is a lazy dask array over the store.
+    """
+    W, H, meta = read_state(path, storage_options)
+    state = meta["state"]
+    return NMFResult(
+        W=W,
+        H=H,
+        loss_history=list(state["loss_history"]),
+        n_iter=int(state["n_iter"]),
+        converged=bool(state["converged"]),
+        beta_loss=meta.get("beta_loss", meta.get("params", {}).get("beta_loss", "frobenius")),
+        params=dict(meta.get("params", {})),
+        source=dict(meta.get("input", {})),
+    )
