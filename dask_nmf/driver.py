@@ -610,3 +610,54 @@ def _restore(path, meta, Vin, storage_options):
 def input_matrix(V: Any, block_rows: int | None = None, **kw) -> InputMatrix:
     """Open V as the driver would (exposed for the estimator and the CLI)."""
     return open_input(V, block_rows, **kw)
+
+
+def transform(
+    V: Any,
+    H: np.ndarray,
+    *,
+    beta_loss: str | int = "frobenius",
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    alpha_W: float = 0.0,
+    l1_ratio: float = 0.0,
+    block_rows: int | None = None,
+    client: Any = None,
+    storage_options: dict | None = None,
+    array: str | None = None,
+) -> da.Array:
+    """W for the rows of V with H fixed: MU on W alone, each row block on its own.
+
+    No reduction runs between the blocks (apart from the one validation pass
+    that also gives the mean of V, from which W starts, as in scikit-learn).
+
+    Returns
+    -------
+    dask.array.Array
+        Lazy, m x k, chunked by V's row blocks.
+    """
+    beta = check_beta_loss(beta_loss)
+    H = np.asarray(H)
+    k, n = H.shape
+    check_params(k, max_iter, tol, alpha_W, 0.0, l1_ratio)
+    Vin = open_input(V, block_rows, array=array, dtype=H.dtype, storage_options=storage_options)
+    if Vin.shape[1] != n:
+        raise InputError(f"V has {Vin.shape[1]} columns but the model has {n} features")
+    runner = Runner(resolve_client(client))
+    sources = runner.place(block_sources(Vin))
+    stats = input_stats(runner, sources)
+    check_stats(stats)
+    l1, l2, _, _ = regularization(Vin.shape, alpha_W, 0.0, l1_ratio)
+    w_start = float(np.sqrt(stats["sum"] / (Vin.shape[0] * n) / k))
+    Hd = dask.delayed(H, name=f"nmf-H-{uuid.uuid4().hex}")
+    blocks = [
+        da.from_delayed(
+            dask.delayed(kernels.transform_block, pure=False)(
+                _delayed(s), Hd, w_start, beta, l1, l2, int(max_iter), float(tol)
+            ),
+            shape=(b - a, k),
+            dtype=H.dtype,
+        )
+        for s, (a, b) in zip(sources, Vin.bounds)
+    ]
+    return da.concatenate(blocks, axis=0)

@@ -1,0 +1,156 @@
+"""The per-block kernels against a plain NumPy implementation of the update rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_low_rank, reference_loss, reference_mu
+
+from dask_nmf import kernels
+
+BETAS = [2, 1]
+REGS = [(0.0, 0.0, 0.0, 0.0), (0.3, 0.2, 0.1, 0.4)]
+
+
+def run_blocks(V, W, H, beta, bounds, reg=(0.0, 0.0, 0.0, 0.0)):
+    """One iteration through the kernels, block by block, as the driver runs it."""
+    l1_W, l2_W, l1_H, l2_H = reg
+    W_new, total = [], None
+    for a, b in bounds:
+        if beta == 2:
+            Wb, parts = kernels.frobenius_block_step(V[a:b], W[a:b], H, H @ H.T, l1_W, l2_W)
+        else:
+            Wb, parts = kernels.kl_block_step(V[a:b], W[a:b], H, l1_W, l2_W)
+        W_new.append(Wb)
+        total = parts if total is None else kernels.add_partials(total, parts)
+    if beta == 2:
+        H_new = kernels.frobenius_h_update(H, total["A"], total["B"], l1_H, l2_H)
+    else:
+        H_new = kernels.kl_h_update(H, total["A"], total["w_sum"], l1_H, l2_H)
+    return np.vstack(W_new), H_new, total
+
+
+@pytest.mark.parametrize("beta", BETAS)
+@pytest.mark.parametrize("reg", REGS)
+@pytest.mark.parametrize("bounds", [[(0, 157)], [(0, 50), (50, 100), (100, 157)]])
+def test_one_iteration_matches_reference(rng, beta, reg, bounds):
+    V = make_low_rank(rng, 157, 41, 4)
+    W, H = rng.random((157, 4)), rng.random((4, 41))
+    W_ref, H_ref, _ = reference_mu(V, W, H, beta, 1, *reg)
+    W_new, H_new, _ = run_blocks(V, W, H, beta, bounds, reg)
+    np.testing.assert_allclose(W_new, W_ref, rtol=1e-12)
+    np.testing.assert_allclose(H_new, H_ref, rtol=1e-11, atol=1e-300)
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_sub_blocks_do_not_change_the_result(rng, beta, monkeypatch):
+    V = make_low_rank(rng, 120, 30, 3)
+    W, H = rng.random((120, 3)), rng.random((3, 30))
+    whole = run_blocks(V, W, H, beta, [(0, 120)])
+    monkeypatch.setattr(kernels, "SUB_BLOCK_BYTES", 7 * 30 * 8)  # 7-row sub-blocks
+    pieces = run_blocks(V, W, H, beta, [(0, 120)])
+    for x, y in zip(whole[:2], pieces[:2]):
+        np.testing.assert_allclose(x, y, rtol=1e-12)
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_inputs_are_not_modified(rng, beta):
+    V = make_low_rank(rng, 40, 20, 3)
+    W, H = rng.random((40, 3)), rng.random((3, 20))
+    copies = V.copy(), W.copy(), H.copy()
+    run_blocks(V, W, H, beta, [(0, 40)])
+    for x, y in zip((V, W, H), copies):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_frobenius_loss_from_reduced_sums(rng):
+    V = make_low_rank(rng, 60, 25, 3)
+    W, H = rng.random((60, 3)), rng.random((3, 25))
+    loss = kernels.frobenius_loss(float((V**2).sum()), W.T @ V, W.T @ W, H)
+    assert loss == pytest.approx(reference_loss(V, W, H, 2), rel=1e-10)
+    terms = kernels.frobenius_loss_terms(V, W)
+    assert kernels.frobenius_loss(float((V**2).sum()), terms["A0"], terms["B0"], H) == pytest.approx(loss)
+
+
+def test_kl_loss_from_block_terms(rng):
+    V = make_low_rank(rng, 60, 25, 3)  # has a zero row and column: 0 log 0 = 0
+    W, H = rng.random((60, 3)), rng.random((3, 25))
+    parts = [kernels.kl_loss_terms(V[a:b], W[a:b], H) for a, b in [(0, 17), (17, 60)]]
+    total = kernels.add_partials(*parts)
+    loss = kernels.kl_divergence(float(V.sum()), total["vlogr"], total["w0_sum"], H)
+    assert loss == pytest.approx(reference_loss(V, W, H, 1), rel=1e-10)
+    # the KL step reports the same loss for the state it starts from
+    _, step_parts = kernels.kl_block_step(V, W, H)
+    assert kernels.kl_divergence(
+        float(V.sum()), step_parts["vlogr"], step_parts["w0_sum"], H
+    ) == pytest.approx(loss, rel=1e-12)
+
+
+def test_frobenius_initial_loss_terms(rng):
+    V = make_low_rank(rng, 30, 12, 2)
+    W, H = rng.random((30, 2)), rng.random((2, 12))
+    _, parts = kernels.frobenius_block_step(V, W, H, H @ H.T, initial_loss=True)
+    np.testing.assert_allclose(parts["A0"], W.T @ V)
+    np.testing.assert_allclose(parts["B0"], W.T @ W)
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_zero_denominators_are_guarded(beta):
+    V = np.zeros((5, 4))
+    V[0, 0] = 1.0
+    W = np.zeros((5, 2))
+    W[0] = 1.0
+    H = np.zeros((2, 4))
+    H[0, 0] = 1.0
+    W_new, H_new, _ = run_blocks(V, W, H, beta, [(0, 5)])
+    assert np.isfinite(W_new).all() and np.isfinite(H_new).all()
+    assert (W_new >= 0).all() and (H_new >= 0).all()
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_float32_stays_float32(rng, beta):
+    V = make_low_rank(rng, 30, 12, 2).astype(np.float32)
+    W, H = rng.random((30, 2), dtype=np.float32), rng.random((2, 12), dtype=np.float32)
+    W_new, H_new, total = run_blocks(V, W, H, beta, [(0, 30)])
+    assert W_new.dtype == np.float32 and H_new.dtype == np.float32
+    assert total["A"].dtype == np.float32
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_transform_block_is_mu_on_w_alone(rng, beta):
+    V = make_low_rank(rng, 50, 20, 3)
+    H = rng.random((3, 20))
+    W = kernels.transform_block(V, H, 0.5, beta, max_iter=25, tol=0.0)
+    # reference: the W half of the reference iteration, H held fixed
+    W_ref = np.full((50, 3), 0.5)
+    eps = np.finfo(np.float32).eps
+    for _ in range(25):
+        if beta == 2:
+            num, den = V @ H.T, W_ref @ H @ H.T
+        else:
+            num, den = (V / np.maximum(W_ref @ H, eps)) @ H.T, H.sum(axis=1)[None, :]
+        W_ref = W_ref * num / np.where(den == 0, eps, den)
+    np.testing.assert_allclose(W, W_ref, rtol=1e-10)
+
+
+def test_transform_block_stops_on_its_own_tolerance(rng):
+    V = make_low_rank(rng, 50, 20, 3, noise=0.0, zeros=False)
+    H = rng.random((3, 20))
+    loose = kernels.transform_block(V, H, 0.5, 2, max_iter=500, tol=1e-2)
+    tight = kernels.transform_block(V, H, 0.5, 2, max_iter=500, tol=0.0)
+    assert not np.allclose(loose, tight)  # stopped early
+    assert reference_loss(V, loose, H, 2) >= reference_loss(V, tight, H, 2)
+
+
+def test_block_stats():
+    V = np.array([[1.0, 2.0], [0.0, 3.0]])
+    s = kernels.merge_stats(kernels.block_stats(V[:1]), kernels.block_stats(V[1:]))
+    assert s == {"min": 0.0, "finite": True, "sum": 6.0, "sumsq": 14.0}
+    bad = V.copy()
+    bad[1, 0] = np.nan
+    assert kernels.block_stats(bad)["finite"] is False
+    bad[1, 0] = -np.inf
+    assert kernels.block_stats(bad)["finite"] is False
+    neg = V.copy()
+    neg[0, 1] = -0.5
+    assert kernels.block_stats(neg)["min"] == -0.5
