@@ -22,7 +22,8 @@ import os
 import tempfile
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import dask
 import dask.array as da
@@ -66,7 +67,12 @@ def _is_real(x: Any) -> bool:
 
 
 def check_params(
-    n_components: Any, max_iter: Any, tol: Any, alpha_W: Any, alpha_H: Any, l1_ratio: Any,
+    n_components: Any,
+    max_iter: Any,
+    tol: Any,
+    alpha_W: Any,
+    alpha_H: Any,
+    l1_ratio: Any,
     n_features: int | None = None,
 ) -> None:
     """Raise :class:`InputError` naming the first bad option."""
@@ -143,8 +149,9 @@ class Runner:
             futures = self.client.compute(objs)
             value = futures[-1].result() if reduced is not None else None
             handles = futures[: len(blocks)]
-            if reduced is None:
-                wait(handles)
+            if reduced is None:  # wait without fetching the blocks
+                with self.client.as_current():
+                    wait(handles)
                 for f in handles:
                     if f.status != "finished":
                         f.result()  # raises the task's error
@@ -169,6 +176,13 @@ class Runner:
         if self.distributed and arrays and isinstance(arrays[0], np.ndarray):
             return self.client.scatter(arrays, hash=False)
         return arrays
+
+    @property
+    def parallelism(self) -> int:
+        """Worker threads that can run blocks at once."""
+        if self.distributed:
+            return max(1, sum(self.client.nthreads().values()))
+        return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
 
     def memory_budget(self) -> float:
         """Bytes of V worth keeping in memory: half the workers' memory limits."""
@@ -252,7 +266,13 @@ class _Fit:
             HHt = H @ H.T
             outs = [
                 dask.delayed(kernels.frobenius_block_step, nout=2, pure=False)(
-                    v, w, Hd, HHt, self.l1_W, self.l2_W, first,
+                    v,
+                    w,
+                    Hd,
+                    HHt,
+                    self.l1_W,
+                    self.l2_W,
+                    first,
                     dask_key_name=f"nmf-step-{self.token}-{t}-{i}",
                 )
                 for i, (v, w) in enumerate(zip(self.sources, W))
@@ -260,7 +280,11 @@ class _Fit:
         else:
             outs = [
                 dask.delayed(kernels.kl_block_step, nout=2, pure=False)(
-                    v, w, Hd, self.l1_W, self.l2_W,
+                    v,
+                    w,
+                    Hd,
+                    self.l1_W,
+                    self.l2_W,
                     dask_key_name=f"nmf-step-{self.token}-{t}-{i}",
                 )
                 for i, (v, w) in enumerate(zip(self.sources, W))
@@ -274,10 +298,16 @@ class _Fit:
         """The loss at (W, H) by a separate pass (needed only at the very end for KL)."""
         Wd = [_delayed(w) for w in W]
         if self.beta == 2:
-            parts = [dask.delayed(kernels.frobenius_loss_terms, pure=False)(v, w) for v, w in zip(self.sources, Wd)]
+            parts = [
+                dask.delayed(kernels.frobenius_loss_terms, pure=False)(v, w)
+                for v, w in zip(self.sources, Wd)
+            ]
             (s,) = self.runner.compute(tree_reduce(parts, _sum_partials))
             return kernels.frobenius_loss(self.norm_v2, s["A0"], s["B0"], H)
-        parts = [dask.delayed(kernels.kl_loss_terms, pure=False)(v, w, H) for v, w in zip(self.sources, Wd)]
+        parts = [
+            dask.delayed(kernels.kl_loss_terms, pure=False)(v, w, H)
+            for v, w in zip(self.sources, Wd)
+        ]
         (s,) = self.runner.compute(tree_reduce(parts, _sum_partials))
         return kernels.kl_divergence(self.v_sum, s["vlogr"], s["w0_sum"], H)
 
@@ -400,7 +430,15 @@ def factorize(
     if resume and checkpoint is None:
         raise InputError("resume=True needs checkpoint= naming the store to resume from")
 
-    Vin = open_input(V, block_rows, array=array, dtype=dtype, storage_options=storage_options)
+    runner = Runner(resolve_client(client))
+    Vin = open_input(
+        V,
+        block_rows,
+        array=array,
+        dtype=dtype,
+        storage_options=storage_options,
+        parallelism=runner.parallelism,
+    )
     m, n = Vin.shape
     k = int(n_components)
     init = resolve_init(init, k, Vin.shape)
@@ -411,7 +449,9 @@ def factorize(
         import warnings
 
         warnings.warn(
-            f"init={init!r}: the W_init/H_init given are ignored (use init='custom')", UserWarning
+            f"init={init!r}: the W_init/H_init given are ignored (use init='custom')",
+            UserWarning,
+            stacklevel=2,
         )
     if init == "nndsvd":
         import warnings
@@ -420,17 +460,24 @@ def factorize(
             "multiplicative updates cannot move entries that start at zero, which init='nndsvd' "
             "produces; init='nndsvda' or 'nndsvdar' usually fit better",
             UserWarning,
+            stacklevel=2,
         )
     reg = regularization(Vin.shape, alpha_W, alpha_H, l1_ratio)
     params = {
-        "n_components": k, "beta_loss": BETA_NAMES[beta], "init": init, "max_iter": int(max_iter),
-        "tol": float(tol), "random_state": random_state if _is_int(random_state) else None,
-        "alpha_W": float(alpha_W), "alpha_H": alpha_H if alpha_H == "same" else float(alpha_H),
-        "l1_ratio": float(l1_ratio), "block_rows": Vin.block_rows, "dtype": Vin.dtype.name,
+        "n_components": k,
+        "beta_loss": BETA_NAMES[beta],
+        "init": init,
+        "max_iter": int(max_iter),
+        "tol": float(tol),
+        "random_state": random_state if _is_int(random_state) else None,
+        "alpha_W": float(alpha_W),
+        "alpha_H": alpha_H if alpha_H == "same" else float(alpha_H),
+        "l1_ratio": float(l1_ratio),
+        "block_rows": Vin.block_rows,
+        "dtype": Vin.dtype.name,
         "checkpoint_every": int(checkpoint_every),
     }
 
-    runner = Runner(resolve_client(client))
     resume_meta = None
     if checkpoint is not None:
         exists = persistence.store_exists(checkpoint, storage_options)
@@ -480,8 +527,14 @@ def factorize(
             W_h, losses, t = runner.place(W_src), [], 0
             if store is not None:
                 persistence.create_store(
-                    store, Vin.shape, k, Vin.dtype, Vin.block_rows, meta,
-                    overwrite=overwrite or store != checkpoint, storage_options=storage_options,
+                    store,
+                    Vin.shape,
+                    k,
+                    Vin.dtype,
+                    Vin.block_rows,
+                    meta,
+                    overwrite=overwrite or store != checkpoint,
+                    storage_options=storage_options,
                 )
         H = np.asarray(H, dtype=Vin.dtype)
 
@@ -505,8 +558,11 @@ def factorize(
             ]
             runner.run(writes)
             state = {
-                "iteration": t, "n_iter": t, "loss_history": [float(x) for x in losses],
-                "converged": bool(converged), "finished": bool(finished),
+                "iteration": t,
+                "n_iter": t,
+                "loss_history": [float(x) for x in losses],
+                "converged": bool(converged),
+                "finished": bool(finished),
             }
             persistence.commit_state(store, slot, H, state, storage_options)
             if verbose:
@@ -515,7 +571,9 @@ def factorize(
                 return W_h
             # Read W back: blocks with no history cut the lineage here.
             return [
-                dask.delayed(persistence.read_w_block, pure=False)(store, slot, a, b, storage_options)
+                dask.delayed(persistence.read_w_block, pure=False)(
+                    store, slot, a, b, storage_options
+                )
                 for a, b in Vin.bounds
             ]
 
@@ -534,7 +592,9 @@ def factorize(
             else:
                 # The KL pass returns the loss of the state it started from.
                 if len(losses) == t:
-                    losses.append(kernels.kl_divergence(fit.v_sum, sums["vlogr"], sums["w0_sum"], H))
+                    losses.append(
+                        kernels.kl_divergence(fit.v_sum, sums["vlogr"], sums["w0_sum"], H)
+                    )
                     if t > 0:
                         report(t, losses[t])
                 converged = _converged(losses, t, tol)
@@ -566,8 +626,14 @@ def factorize(
         axis=0,
     )
     result = NMFResult(
-        W=W, H=H, loss_history=[float(x) for x in losses], n_iter=t, converged=converged,
-        beta_loss=BETA_NAMES[beta], params=params, source=Vin.source,
+        W=W,
+        H=H,
+        loss_history=[float(x) for x in losses],
+        n_iter=t,
+        converged=converged,
+        beta_loss=BETA_NAMES[beta],
+        params=params,
+        source=Vin.source,
     )
     result.diagnostics = {"graph_tasks": fit.graph_tasks, "kept_in_memory": bool(keep_in_memory)}
     return result
@@ -579,19 +645,29 @@ def _initialize(init, Vin, k, stats, random_state, W_init, H_init, runner):
         return custom_init(Vin, k, W_init, H_init)
     if init == "random":
         return random_init(Vin, k, mean, random_state)
-    return nndsvd_init(Vin, k, mean, init, random_state, runner.persist)
+    return nndsvd_init(Vin, k, mean, init, random_state, runner)
 
 
 def _check_resumable(meta: dict, params: dict, Vin: InputMatrix) -> None:
     old = meta.get("params", {})
-    for key in ("n_components", "beta_loss", "block_rows", "alpha_W", "alpha_H", "l1_ratio", "dtype"):
+    for key in (
+        "n_components",
+        "beta_loss",
+        "block_rows",
+        "alpha_W",
+        "alpha_H",
+        "l1_ratio",
+        "dtype",
+    ):
         if key in old and old[key] != params[key]:
             raise InputError(
                 f"cannot resume: the checkpoint was made with {key}={old[key]!r}, not {params[key]!r}"
             )
     shape = meta.get("input", {}).get("shape")
     if shape is not None and tuple(shape) != tuple(Vin.shape):
-        raise InputError(f"cannot resume: the checkpoint is for V of shape {tuple(shape)}, not {Vin.shape}")
+        raise InputError(
+            f"cannot resume: the checkpoint is for V of shape {tuple(shape)}, not {Vin.shape}"
+        )
     if not meta.get("state"):
         raise InputError("cannot resume: the checkpoint holds no complete state yet")
 
@@ -609,7 +685,7 @@ def _restore(path, meta, Vin, storage_options):
 
 def input_matrix(V: Any, block_rows: int | None = None, **kw) -> InputMatrix:
     """Open V as the driver would (exposed for the estimator and the CLI)."""
-    return open_input(V, block_rows, **kw)
+    return open_input(V, block_rows, parallelism=Runner(resolve_client(None)).parallelism, **kw)
 
 
 def transform(
@@ -640,10 +716,17 @@ def transform(
     H = np.asarray(H)
     k, n = H.shape
     check_params(k, max_iter, tol, alpha_W, 0.0, l1_ratio)
-    Vin = open_input(V, block_rows, array=array, dtype=H.dtype, storage_options=storage_options)
+    runner = Runner(resolve_client(client))
+    Vin = open_input(
+        V,
+        block_rows,
+        array=array,
+        dtype=H.dtype,
+        storage_options=storage_options,
+        parallelism=runner.parallelism,
+    )
     if Vin.shape[1] != n:
         raise InputError(f"V has {Vin.shape[1]} columns but the model has {n} features")
-    runner = Runner(resolve_client(client))
     sources = runner.place(block_sources(Vin))
     stats = input_stats(runner, sources)
     check_stats(stats)

@@ -20,7 +20,9 @@ def _in_memory(X: Any) -> bool:
     if hasattr(X, "dims") and hasattr(X, "data"):  # xarray
         X = X.data
     return isinstance(X, np.ndarray) or (
-        not isinstance(X, (str, da.Array)) and not hasattr(X, "chunks") and not hasattr(X, "__fspath__")
+        not isinstance(X, (str, da.Array))
+        and not hasattr(X, "chunks")
+        and not hasattr(X, "__fspath__")
     )
 
 
@@ -128,15 +130,26 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             warnings.warn(
                 "When init!='custom', provided W or H are ignored. Set init='custom' to use them.",
                 UserWarning,
+                stacklevel=2,
             )
             W = H = None
         Vin = driver.input_matrix(X, self.block_rows)
         k = self._rank(Vin.shape[1], W, H)
         res = driver.factorize(
-            X, k, beta_loss=self.beta_loss, init=init, W_init=W, H_init=H,
-            max_iter=self.max_iter, tol=self.tol, random_state=self.random_state,
-            alpha_W=self.alpha_W, alpha_H=self.alpha_H, l1_ratio=self.l1_ratio,
-            block_rows=self.block_rows, verbose=bool(self.verbose),
+            X,
+            k,
+            beta_loss=self.beta_loss,
+            init=init,
+            W_init=W,
+            H_init=H,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            random_state=self.random_state,
+            alpha_W=self.alpha_W,
+            alpha_H=self.alpha_H,
+            l1_ratio=self.l1_ratio,
+            block_rows=self.block_rows,
+            verbose=bool(self.verbose),
             keep_in_memory=self.keep_in_memory,
         )
         if not res.converged and self.tol > 0:
@@ -144,6 +157,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 f"Maximum number of iterations {self.max_iter} reached. Increase it to "
                 "improve convergence.",
                 ConvergenceWarning,
+                stacklevel=2,
             )
         self.components_ = res.H
         self.n_components_ = res.H.shape[0]
@@ -172,8 +186,13 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         W = driver.transform(
-            X, self.components_, beta_loss=self.beta_loss, max_iter=self.max_iter,
-            tol=self.tol, alpha_W=self.alpha_W, l1_ratio=self.l1_ratio,
+            X,
+            self.components_,
+            beta_loss=self.beta_loss,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            alpha_W=self.alpha_W,
+            l1_ratio=self.l1_ratio,
             block_rows=self.block_rows,
         )
         return W.compute() if _in_memory(X) else W
@@ -190,9 +209,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             return X @ self.components_
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_components_:
-            raise InputError(
-                f"W has shape {X.shape}; expected (n_samples, {self.n_components_})"
-            )
+            raise InputError(f"W has shape {X.shape}; expected (n_samples, {self.n_components_})")
         return X @ self.components_
 
     @property

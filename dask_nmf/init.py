@@ -31,37 +31,55 @@ def resolve_init(init: str | None, n_components: int, shape: tuple[int, int]) ->
     return init
 
 
-def _block_seeds(rng: np.random.RandomState, n_blocks: int) -> list[int]:
-    return [int(s) for s in rng.randint(0, 2**31 - 1, size=n_blocks)]
+#: Random numbers for W are drawn in fixed tiles of rows, so a row gets the same
+#: numbers whatever the row blocks are (block_rows may follow the cluster's size).
+_TILE_ROWS = 4096
 
 
-def _random_w_block(seed: int, n_rows: int, k: int, scale: float, dtype: str) -> np.ndarray:
-    rng = np.random.RandomState(seed)
-    W = scale * rng.standard_normal(size=(n_rows, k)).astype(dtype, copy=False)
+def _tiled_normal(seed: int, start: int, stop: int, k: int) -> np.ndarray:
+    """Rows ``start:stop`` of an (m x k) standard normal matrix drawn tile by tile."""
+    parts = []
+    for tile in range(start // _TILE_ROWS, (stop - 1) // _TILE_ROWS + 1):
+        first = tile * _TILE_ROWS
+        values = np.random.default_rng([seed, tile]).standard_normal((_TILE_ROWS, k))
+        parts.append(values[max(start, first) - first : min(stop, first + _TILE_ROWS) - first])
+    return np.concatenate(parts) if parts else np.zeros((0, k))
+
+
+def _random_w_block(
+    seed: int, start: int, stop: int, k: int, scale: float, dtype: str
+) -> np.ndarray:
+    W = scale * _tiled_normal(seed, start, stop, k).astype(dtype, copy=False)
     return np.abs(W, out=W)
 
 
 def random_init(V: InputMatrix, k: int, v_mean: float, random_state: Any):
     """``|N(0, 1)| * sqrt(mean(V) / k)`` entries, like scikit-learn's ``init="random"``.
 
-    H comes from ``random_state`` first; each W block then gets its own seed
-    from it, so the result depends on the seed and the row blocks only.
+    H comes from ``random_state`` first, then one seed for W, whose rows are
+    drawn in fixed tiles: the result does not depend on the row blocks.
     """
     rng = check_random_state(random_state)
     avg = float(np.sqrt(v_mean / k))
     H = avg * rng.standard_normal(size=(k, V.shape[1])).astype(V.dtype, copy=False)
     np.abs(H, out=H)
-    seeds = _block_seeds(rng, len(V.bounds))
+    seed = int(rng.randint(0, 2**31 - 1))
     W = [
-        dask.delayed(_random_w_block, pure=True)(seed, b - a, k, avg, V.dtype.str)
-        for seed, (a, b) in zip(seeds, V.bounds)
+        dask.delayed(_random_w_block, pure=True)(seed, a, b, k, avg, V.dtype.str)
+        for a, b in V.bounds
     ]
     return W, H
 
 
 def _nndsvd_w_block(
-    U: np.ndarray, scale: np.ndarray, part: np.ndarray, variant: str, avg: float,
-    seed: int, dtype: str,
+    U: np.ndarray,
+    scale: np.ndarray,
+    part: np.ndarray,
+    variant: str,
+    avg: float,
+    seed: int,
+    start: int,
+    dtype: str,
 ) -> np.ndarray:
     """W rows from the left singular vectors (a pure function of one block).
 
@@ -76,33 +94,38 @@ def _nndsvd_w_block(
     if variant == "nndsvda":
         W[W == 0] = avg
     elif variant == "nndsvdar":
-        rng = np.random.RandomState(seed)
+        noise = _tiled_normal(seed, start, start + W.shape[0], W.shape[1])
         zeros = W == 0
-        W[zeros] = abs(avg * rng.standard_normal(size=int(zeros.sum())) / 100)
+        W[zeros] = np.abs(avg * noise[zeros] / 100)
     return W
 
 
-def nndsvd_init(V: InputMatrix, k: int, v_mean: float, variant: str, random_state: Any, persist):
+def nndsvd_init(
+    V: InputMatrix, k: int, v_mean: float, variant: str, random_state: Any, runner: Any = None
+):
     """NNDSVD (Boutsidis & Gallopoulos) from an out-of-core randomized SVD.
 
     The SVD is ``dask.array.linalg.svd_compressed`` (a few passes over V, never
     a dense SVD); the signs and norms of the singular vectors' positive and
     negative parts are reduced to k numbers each, then W is built block by block.
-    ``persist`` keeps the m x k left singular vectors on the cluster while W is made.
+    ``runner`` (the driver's, with ``persist`` and ``compute``; default: dask's
+    own functions) keeps the m x k left singular vectors on the cluster while
+    W is made.
     """
     rng = check_random_state(random_state)
     Vd = V.array
     if Vd is None:
         chunks = (tuple(b - a for a, b in V.bounds), (V.shape[1],))
         Vd = da.from_array(V.numpy, chunks=chunks)
-    U, S, Vt = da.linalg.svd_compressed(
-        Vd, k, n_power_iter=2, seed=int(rng.randint(0, 2**31 - 1))
-    )
+    U, S, Vt = da.linalg.svd_compressed(Vd, k, n_power_iter=2, seed=int(rng.randint(0, 2**31 - 1)))
     U = U.rechunk((Vd.chunks[0], (k,)))
-    (U,) = persist(U)
+    persist = runner.persist if runner is not None else dask.persist
+    compute = runner.compute if runner is not None else dask.compute
+    # One persist of all three: they share the projection passes over V.
+    U, S, Vt = persist(U, S, Vt)
     pos_norm = da.sqrt((da.maximum(U, 0) ** 2).sum(axis=0))
     neg_norm = da.sqrt((da.minimum(U, 0) ** 2).sum(axis=0))
-    S, Vt, pos_norm, neg_norm = dask.compute(S, Vt, pos_norm, neg_norm)
+    S, Vt, pos_norm, neg_norm = compute(S, Vt, pos_norm, neg_norm)
 
     H = np.zeros((k, V.shape[1]), dtype=np.float64)
     scale = np.zeros(k)
@@ -132,12 +155,15 @@ def nndsvd_init(V: InputMatrix, k: int, v_mean: float, variant: str, random_stat
     elif variant == "nndsvdar":
         zeros = H == 0
         H[zeros] = abs(avg * rng.standard_normal(size=int(zeros.sum())) / 100)
-    seeds = _block_seeds(rng, len(V.bounds))
+    seed = int(rng.randint(0, 2**31 - 1))
     W = [
-        dask.delayed(_nndsvd_w_block, pure=True)(Ub, scale, part, variant, avg, seed, V.dtype.str)
-        for Ub, seed in zip(U.to_delayed().ravel(), seeds)
+        dask.delayed(_nndsvd_w_block, pure=True)(
+            Ub, scale, part, variant, avg, seed, a, V.dtype.str
+        )
+        for Ub, (a, _) in zip(U.to_delayed().ravel(), V.bounds)
     ]
-    return W, H
+    # Make the W blocks now, while the persisted U they are made from is held.
+    return list(persist(*W)), H
 
 
 def custom_init(V: InputMatrix, k: int, W_init: Any, H_init: Any):

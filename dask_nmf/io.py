@@ -68,14 +68,18 @@ def _float_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
 
 
-def default_block_rows(n_cols: int, dtype: np.dtype, row_chunk: int | None = None) -> int:
-    """Rows per block derived from dask's ``array.chunk-size`` setting.
+def default_block_rows(
+    n_rows: int, n_cols: int, dtype: np.dtype, row_chunk: int | None = None, parallelism: int = 1
+) -> int:
+    """Rows per block: at most dask's ``array.chunk-size``, and enough blocks to
+    keep every worker thread busy (two per thread).
 
     Rounded to a multiple of the store's row chunk where that is smaller, so no
     stored chunk is split between two blocks (and decompressed twice).
     """
     target = parse_bytes(dask.config.get("array.chunk-size"))
     rows = max(1, target // max(1, n_cols * np.dtype(dtype).itemsize))
+    rows = min(rows, max(1, -(-n_rows // (2 * max(1, parallelism)))))
     if row_chunk and rows > row_chunk:
         rows = (rows // row_chunk) * row_chunk
     return int(rows)
@@ -129,6 +133,7 @@ def open_input(
     array: str | None = None,
     dtype: Any = None,
     storage_options: dict | None = None,
+    parallelism: int = 1,
 ) -> InputMatrix:
     """Turn V into an :class:`InputMatrix` (no values are read here).
 
@@ -144,6 +149,8 @@ def open_input(
         Compute in this dtype instead of V's own.
     storage_options : dict, optional
         Passed to fsspec for URLs.
+    parallelism : int
+        Worker threads available; the default ``block_rows`` gives each two blocks.
     """
     source: dict = {"kind": type(V).__name__}
     if isinstance(V, (str, os.PathLike)):
@@ -180,7 +187,7 @@ def open_input(
     elif isinstance(V, da.Array):
         row_chunk = int(max(V.chunks[0]))
     if block_rows is None:
-        block_rows = default_block_rows(n, compute_dtype, row_chunk)
+        block_rows = default_block_rows(m, n, compute_dtype, row_chunk, parallelism)
     elif not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
         raise InputError(f"block_rows must be a positive integer; got {block_rows!r}")
     block_rows = int(min(block_rows, m))
@@ -227,11 +234,7 @@ def check_factor(X: Any, shape: tuple[int, int], name: str) -> Any:
         raise InputError(f"{name} has shape {tuple(X.shape)}; expected {tuple(shape)}")
     if np.dtype(X.dtype).kind not in "biuf":
         raise InputError(f"{name} has dtype {X.dtype}; expected real numbers")
-    stats = (
-        kernels.block_stats(X)
-        if isinstance(X, np.ndarray)
-        else dask.compute(_dask_stats(X))[0]
-    )
+    stats = kernels.block_stats(X) if isinstance(X, np.ndarray) else dask.compute(_dask_stats(X))[0]
     check_stats(stats, name)
     if stats["sum"] == 0:
         raise InputError(f"{name} is all zeros; multiplicative updates cannot move from zero")

@@ -322,7 +322,9 @@ def transform_block(
             R = V - W @ H
             return np.sqrt(float(np.vdot(R, R)))
         terms = kl_loss_terms(V, W, H)
-        return np.sqrt(2 * kl_divergence(float(V.sum(dtype=np.float64)), terms["vlogr"], terms["w0_sum"], H))
+        return np.sqrt(
+            2 * kl_divergence(float(V.sum(dtype=np.float64)), terms["vlogr"], terms["w0_sum"], H)
+        )
 
     error_at_init = previous = error(W) if tol > 0 else 0.0
     for n_iter in range(1, max_iter + 1):

@@ -76,14 +76,14 @@ def create_store(
 ) -> zarr.Group:
     """Create an empty result/checkpoint group with both slots allocated."""
     m, n = shape
-    group = zarr.open_group(
-        path, mode="w" if overwrite else "w-", storage_options=storage_options
-    )
+    group = zarr.open_group(path, mode="w" if overwrite else "w-", storage_options=storage_options)
     for slot in SLOTS:
         group.create_array(
             f"{slot}/W", shape=(m, n_components), chunks=(block_rows, n_components), dtype=dtype
         )
-        group.create_array(f"{slot}/H", shape=(n_components, n), chunks=(n_components, n), dtype=dtype)
+        group.create_array(
+            f"{slot}/H", shape=(n_components, n), chunks=(n_components, n), dtype=dtype
+        )
     attrs = dict(meta, format=FORMAT, version=_version(), state=None)
     group.attrs.update({"dask_nmf": attrs})
     return group
@@ -147,7 +147,9 @@ def read_state(path: Any, storage_options: dict | None = None) -> tuple[da.Array
     meta = read_meta(path, storage_options)
     state = meta.get("state")
     if not state:
-        raise ValueError(f"{path!r} holds no complete state yet (a run that stopped before its first checkpoint)")
+        raise ValueError(
+            f"{path!r} holds no complete state yet (a run that stopped before its first checkpoint)"
+        )
     group = zarr.open_group(path, mode="r", storage_options=storage_options)
     W = da.from_zarr(group[f"{state['slot']}/W"])
     H = group[f"{state['slot']}/H"][...]
@@ -202,8 +204,14 @@ class NMFResult:
         block_rows = int(self.W.chunks[0][0])
         meta = {"params": self.params, "input": self.source, "beta_loss": self.beta_loss}
         create_store(
-            path, self.W.shape, self.H.shape[0], self.H.dtype, block_rows, meta,
-            overwrite=overwrite, storage_options=storage_options,
+            path,
+            self.W.shape,
+            self.H.shape[0],
+            self.H.dtype,
+            block_rows,
+            meta,
+            overwrite=overwrite,
+            storage_options=storage_options,
         )
         slot = SLOTS[0]
         target = zarr.open_array(path, path=f"{slot}/W", mode="r+", storage_options=storage_options)

@@ -9,7 +9,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from conftest import counting_array, make_low_rank, reference_mu, write_zarr
+from conftest import counting_array, reference_mu, write_zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.decomposition import NMF as SkNMF
@@ -43,8 +43,15 @@ def test_matches_sklearn_from_the_same_start(V_small, start, tmp_path, beta_loss
     W0, H0 = start
     W_sk, model = sklearn_fit(V_small, W0, H0, beta_loss, max_iter=400, tol=1e-3, **reg)
     res = dask_nmf.factorize(
-        as_kind(kind, V_small, tmp_path), 4, beta_loss=beta_loss, W_init=W0, H_init=H0,
-        max_iter=400, tol=1e-3, block_rows=40, **reg,
+        as_kind(kind, V_small, tmp_path),
+        4,
+        beta_loss=beta_loss,
+        W_init=W0,
+        H_init=H0,
+        max_iter=400,
+        tol=1e-3,
+        block_rows=40,
+        **reg,
     )
     assert res.n_iter == model.n_iter_ < 400  # the same tol check stopped both
     assert res.converged
@@ -60,8 +67,16 @@ def test_loss_history_matches_reference(V_small, start, beta):
     reg = regularization(V_small.shape, 0.001, "same", 0.5)
     W_ref, H_ref, losses = reference_mu(V_small, W0, H0, beta, 15, *reg)
     res = dask_nmf.factorize(
-        V_small, 4, beta_loss=beta, W_init=W0, H_init=H0, max_iter=15, tol=0,
-        alpha_W=0.001, l1_ratio=0.5, block_rows=50,
+        V_small,
+        4,
+        beta_loss=beta,
+        W_init=W0,
+        H_init=H0,
+        max_iter=15,
+        tol=0,
+        alpha_W=0.001,
+        l1_ratio=0.5,
+        block_rows=50,
     )
     np.testing.assert_allclose(res.loss_history[1:], losses, rtol=1e-9)
     np.testing.assert_allclose(res.W.compute(), W_ref, rtol=1e-9)
@@ -88,7 +103,13 @@ def test_cost_never_increases(m, n, k, seed, zero_rows, zero_cols, beta_loss, bl
     if V.sum() == 0:
         V[0, 0] = 1.0
     res = dask_nmf.factorize(
-        V, k, beta_loss=beta_loss, init="random", random_state=seed, max_iter=25, tol=0,
+        V,
+        k,
+        beta_loss=beta_loss,
+        init="random",
+        random_state=seed,
+        max_iter=25,
+        tol=0,
         block_rows=block_rows,
     )
     loss = np.array(res.loss_history)
@@ -105,8 +126,15 @@ def test_one_pass_over_V_per_iteration(tmp_path, V_small, beta_loss):
     for n_iter in (4, 9):
         arr, store = counting_array(path)
         dask_nmf.factorize(
-            arr, 3, beta_loss=beta_loss, init="random", random_state=0, max_iter=n_iter,
-            tol=0, block_rows=46, keep_in_memory=False,
+            arr,
+            3,
+            beta_loss=beta_loss,
+            init="random",
+            random_state=0,
+            max_iter=n_iter,
+            tol=0,
+            block_rows=46,
+            keep_in_memory=False,
         )
         reads[n_iter] = store.chunk_reads
     assert (reads[9] - reads[4]) / 5 == n_chunks
@@ -134,7 +162,13 @@ def test_graph_does_not_grow(V_small):
 def test_callback_sees_every_iteration(V_small, beta_loss):
     seen = []
     res = dask_nmf.factorize(
-        V_small, 3, beta_loss=beta_loss, init="random", random_state=1, max_iter=13, tol=0,
+        V_small,
+        3,
+        beta_loss=beta_loss,
+        init="random",
+        random_state=1,
+        max_iter=13,
+        tol=0,
         callback=lambda it, loss: seen.append((it, loss)),
     )
     assert [it for it, _ in seen] == list(range(1, 14))
@@ -169,15 +203,21 @@ def test_float32_agrees_with_float64(V_small, start):
 
 
 def test_block_rows_default_follows_dask_chunk_size(V_small):
-    with dask.config.set({"array.chunk-size": f"{41 * 8 * 25}B"}):
+    with dask.config.set({"array.chunk-size": f"{41 * 8 * 25}B", "num_workers": 1}):
         res = dask_nmf.factorize(V_small, 3, init="random", max_iter=2)
     assert res.W.chunks[0] == (25,) * 6 + (7,)
     assert res.params["block_rows"] == 25
 
 
+def test_block_rows_default_gives_every_thread_two_blocks(V_small):
+    with dask.config.set({"num_workers": 4}):
+        res = dask_nmf.factorize(V_small, 3, init="random", max_iter=2)
+    assert res.params["block_rows"] == 20  # ceil(157 / 8)
+
+
 def test_default_blocks_align_with_store_chunks(tmp_path, V_small):
     path = write_zarr(tmp_path / "V.zarr", V_small, chunks=(23, 41))
-    with dask.config.set({"array.chunk-size": f"{41 * 8 * 50}B"}):
+    with dask.config.set({"array.chunk-size": f"{41 * 8 * 50}B", "num_workers": 1}):
         res = dask_nmf.factorize(path, 3, init="random", max_iter=2)
     assert res.params["block_rows"] == 46  # 50 rounded down to whole 23-row chunks
 

@@ -69,7 +69,9 @@ def test_frobenius_loss_from_reduced_sums(rng):
     loss = kernels.frobenius_loss(float((V**2).sum()), W.T @ V, W.T @ W, H)
     assert loss == pytest.approx(reference_loss(V, W, H, 2), rel=1e-10)
     terms = kernels.frobenius_loss_terms(V, W)
-    assert kernels.frobenius_loss(float((V**2).sum()), terms["A0"], terms["B0"], H) == pytest.approx(loss)
+    assert kernels.frobenius_loss(
+        float((V**2).sum()), terms["A0"], terms["B0"], H
+    ) == pytest.approx(loss)
 
 
 def test_kl_loss_from_block_terms(rng):

@@ -1,0 +1,135 @@
+"""factorize() on a real LocalCluster with two worker processes, V in zarr on disk."""
+
+from __future__ import annotations
+
+import glob
+import tempfile
+import warnings
+
+import numpy as np
+import pytest
+from conftest import write_zarr
+from distributed import Client, Future
+from sklearn.decomposition import NMF as SkNMF
+
+import dask_nmf
+
+COSTS = ["frobenius", "kullback-leibler"]
+
+
+def scheduler_tasks(client) -> int:
+    return client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+
+
+@pytest.mark.parametrize("beta_loss", COSTS)
+def test_matches_sklearn_on_a_cluster(cluster_client, tmp_path, V_small, start, beta_loss):
+    W0, H0 = start
+    path = write_zarr(tmp_path / "V.zarr", V_small, chunks=(23, 17))
+    model = SkNMF(4, solver="mu", init="custom", beta_loss=beta_loss, max_iter=300, tol=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        W_sk = model.fit_transform(V_small, W=W0.copy(), H=H0.copy())
+    res = dask_nmf.factorize(
+        path,
+        4,
+        beta_loss=beta_loss,
+        W_init=W0,
+        H_init=H0,
+        max_iter=300,
+        tol=1e-3,
+        block_rows=46,
+        client=cluster_client,
+        keep_in_memory=False,
+    )
+    assert res.n_iter == model.n_iter_ < 300
+    np.testing.assert_allclose(res.H, model.components_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        cluster_client.compute(res.W, sync=True), W_sk, rtol=1e-9, atol=1e-12
+    )
+
+
+def test_scheduler_state_stays_bounded(cluster_client, V_small):
+    """The lineage cut keeps the scheduler's task table from growing with t."""
+    counts = {}
+
+    def record(it, loss):
+        counts[it] = scheduler_tasks(cluster_client)
+
+    res = dask_nmf.factorize(
+        V_small,
+        3,
+        init="random",
+        max_iter=50,
+        tol=0,
+        block_rows=40,
+        client=cluster_client,
+        checkpoint_every=10,
+        callback=record,
+    )
+    graph = res.diagnostics["graph_tasks"]
+    assert graph[1] == graph[49]  # iteration 2 and iteration 50 submit the same graph
+    assert max(counts[t] for t in range(31, 51)) <= max(counts[t] for t in range(11, 31))
+
+    # Without the cut (no checkpoint within the run) the table grows with t:
+    # this is the effect the cut exists to stop.
+    counts.clear()
+    dask_nmf.factorize(
+        V_small,
+        3,
+        init="random",
+        max_iter=50,
+        tol=0,
+        block_rows=40,
+        client=cluster_client,
+        checkpoint_every=1000,
+        callback=record,
+    )
+    assert counts[50] > counts[20] + 4 * 15
+
+
+def test_W_stays_on_the_workers(cluster_client, V_small, monkeypatch):
+    gathered = []
+    real = Client._gather
+
+    async def spy(self, futures, *args, **kwargs):
+        gathered.extend(f.key for f in futures)
+        return await real(self, futures, *args, **kwargs)
+
+    monkeypatch.setattr(Client, "_gather", spy)
+    res = dask_nmf.factorize(
+        V_small,
+        3,
+        init="random",
+        max_iter=12,
+        tol=0,
+        block_rows=40,
+        client=cluster_client,
+    )
+    monkeypatch.setattr(Client, "_gather", real)
+    # one small reduced result per iteration (plus set-up), never a W block
+    assert all(not str(k).startswith("getitem") for k in gathered), gathered
+    assert len(gathered) <= 12 + 3
+    futures = [v for v in dict(res.W.__dask_graph__()).values() if isinstance(v, Future)]
+    assert len(futures) == 4
+    who_has = cluster_client.who_has(futures)
+    assert all(len(who_has[f.key]) >= 1 for f in futures)
+
+
+def test_cluster_and_threaded_agree(cluster_client, V_small):
+    kw = dict(init="nndsvda", random_state=5, max_iter=20, tol=0, block_rows=40)
+    on_cluster = dask_nmf.factorize(V_small, 3, client=cluster_client, **kw)
+    local = dask_nmf.factorize(V_small, 3, **kw)
+    np.testing.assert_allclose(on_cluster.H, local.H, rtol=1e-8)
+    np.testing.assert_allclose(
+        cluster_client.compute(on_cluster.W, sync=True), local.W.compute(), rtol=1e-8
+    )
+
+
+def test_default_client_is_used_and_temp_store_removed(cluster_client, V_small):
+    before = set(glob.glob(f"{tempfile.gettempdir()}/dask-nmf-*"))
+    with cluster_client.as_current():
+        res = dask_nmf.factorize(V_small, 3, init="random", max_iter=15, tol=0, block_rows=40)
+    values = dict(res.W.__dask_graph__()).values()
+    assert any(isinstance(v, Future) for v in values)  # W lives on the cluster
+    assert set(glob.glob(f"{tempfile.gettempdir()}/dask-nmf-*")) == before
+    assert np.isfinite(cluster_client.compute(res.W, sync=True)).all()

@@ -1,0 +1,128 @@
+"""Initializations: scikit-learn's formulas, computed out of core and reproducibly."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask
+import numpy as np
+import pytest
+from sklearn.decomposition._nmf import _initialize_nmf
+
+from dask_nmf import init as nmf_init
+from dask_nmf.io import InputError, open_input
+
+
+def materialize(W_blocks):
+    return np.vstack(dask.compute(*W_blocks))
+
+
+@pytest.fixture
+def exact_rank(rng):
+    """Exactly rank 4, so every SVD method finds the same singular vectors."""
+    return (rng.random((90, 4)) + 0.1) @ (rng.random((4, 30)) + 0.1)
+
+
+def test_default_init_is_sklearns():
+    assert nmf_init.resolve_init(None, 5, (100, 20)) == "nndsvda"
+    assert nmf_init.resolve_init(None, 25, (100, 20)) == "random"
+    with pytest.raises(InputError, match="unknown init 'svd'"):
+        nmf_init.resolve_init("svd", 5, (100, 20))
+
+
+def test_random_init_scale_and_blocks(rng):
+    V = rng.random((500, 40)) * 3
+    Vin = open_input(V, 120)
+    W_blocks, H = nmf_init.random_init(Vin, 5, V.mean(), 0)
+    W = materialize(W_blocks)
+    assert W.shape == (500, 5) and H.shape == (5, 40)
+    assert (W >= 0).all() and (H >= 0).all()
+    # |N(0,1)| has mean sqrt(2/pi); scikit-learn scales it by sqrt(mean(V)/k)
+    expected = np.sqrt(V.mean() / 5) * np.sqrt(2 / np.pi)
+    assert W.mean() == pytest.approx(expected, rel=0.05)
+    assert H.mean() == pytest.approx(expected, rel=0.1)
+
+
+def test_random_init_reproducible(rng):
+    Vin = open_input(rng.random((100, 10)), 30)
+    a = nmf_init.random_init(Vin, 3, 0.5, 42)
+    b = nmf_init.random_init(Vin, 3, 0.5, 42)
+    np.testing.assert_array_equal(materialize(a[0]), materialize(b[0]))
+    np.testing.assert_array_equal(a[1], b[1])
+    c = nmf_init.random_init(Vin, 3, 0.5, 43)
+    assert not np.allclose(a[1], c[1])
+
+
+@pytest.mark.parametrize("variant", ["nndsvd", "nndsvda"])
+def test_nndsvd_matches_sklearn(exact_rank, variant):
+    V = exact_rank
+    W_sk, H_sk = _initialize_nmf(V, 4, init=variant)
+    Vin = open_input(V, 25)
+    W_blocks, H = nmf_init.nndsvd_init(Vin, 4, V.mean(), variant, 0)
+    np.testing.assert_allclose(materialize(W_blocks), W_sk, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(H, H_sk, rtol=1e-6, atol=1e-8)
+
+
+def test_nndsvdar_fills_zeros_with_small_noise(exact_rank):
+    V = exact_rank
+    W_plain, H_plain = _initialize_nmf(V, 4, init="nndsvd")
+    Vin = open_input(V, 25)
+    W_blocks, H = nmf_init.nndsvd_init(Vin, 4, V.mean(), "nndsvdar", 0)
+    W = materialize(W_blocks)
+    zeros = W_plain == 0
+    assert zeros.any()
+    assert (W[zeros] > 0).all() and (W[zeros] < V.mean()).all()
+    np.testing.assert_allclose(W[~zeros], W_plain[~zeros], rtol=1e-6)
+    assert (H[H_plain == 0] < V.mean()).all()
+
+
+def test_nndsvd_never_takes_a_dense_svd(exact_rank, monkeypatch):
+    """The SVD is out of core: no NumPy SVD ever sees an m x n matrix."""
+    shapes = []
+    real_svd = np.linalg.svd
+
+    def spy(a, *args, **kwargs):
+        shapes.append(np.shape(a))
+        return real_svd(a, *args, **kwargs)
+
+    monkeypatch.setattr(np.linalg, "svd", spy)
+    Vin = open_input(exact_rank, 25)
+    with dask.config.set(scheduler="sync"):
+        nmf_init.nndsvd_init(Vin, 4, 1.0, "nndsvda", 0)
+    assert shapes, "expected the small SVD of the projected matrix"
+    assert all(min(s) < 25 for s in shapes), shapes
+
+
+def test_nndsvd_warning_like_sklearn(rng):
+    import dask_nmf
+
+    V = rng.random((40, 10))
+    with pytest.warns(UserWarning, match="cannot move entries that start at zero"):
+        dask_nmf.factorize(V, 2, init="nndsvd", max_iter=2)
+
+
+def test_custom_init_ignored_with_warning_unless_custom(rng):
+    import dask_nmf
+
+    V = rng.random((40, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dask_nmf.factorize(V, 2, W_init=np.ones((40, 2)), H_init=np.ones((2, 10)), max_iter=2)
+    with pytest.warns(UserWarning, match="ignored"):
+        dask_nmf.factorize(V, 2, init="random", W_init=np.ones((40, 2)), max_iter=2)
+
+
+@pytest.mark.parametrize("variant", ["random", "nndsvdar"])
+def test_init_does_not_depend_on_the_row_blocks(rng, variant):
+    V = rng.random((9000, 12))
+    results = []
+    for block_rows in (9000, 1000, 4097):
+        Vin = open_input(V, block_rows)
+        if variant == "random":
+            W_blocks, H = nmf_init.random_init(Vin, 3, V.mean(), 11)
+        else:
+            W_blocks, H = nmf_init.nndsvd_init(Vin, 3, V.mean(), variant, 11)
+        results.append((materialize(W_blocks), H))
+    for W, H in results[1:]:
+        np.testing.assert_allclose(W, results[0][0], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(H, results[0][1], rtol=1e-6)

@@ -1,0 +1,163 @@
+"""Opening V in every supported form, and refusing bad input before any work."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from conftest import counting_array, write_zarr
+
+import dask_nmf
+from dask_nmf.io import InputError, open_input
+
+
+def fit(V, **kw):
+    kw.setdefault("init", "random")
+    kw.setdefault("random_state", 0)
+    kw.setdefault("max_iter", 8)
+    kw.setdefault("tol", 0)
+    return dask_nmf.factorize(V, 3, **kw)
+
+
+@pytest.fixture
+def expected(V_small):
+    return fit(V_small, block_rows=40)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("chunks", [(23, 17), (157, 41), (1, 41), (60, 5)])
+def test_zarr_path_any_format_any_chunking(tmp_path, V_small, expected, zarr_format, chunks):
+    path = write_zarr(tmp_path / "V.zarr", V_small, chunks, zarr_format=zarr_format)
+    res = fit(path, block_rows=40)
+    np.testing.assert_allclose(res.H, expected.H, rtol=1e-12)
+    np.testing.assert_allclose(res.W.compute(), expected.W.compute(), rtol=1e-12)
+    assert res.W.chunks[0] == (40, 40, 40, 37)  # W follows the row blocks, not the store
+    assert res.source["path"] == path
+
+
+def test_fsspec_url_and_zarr_array(tmp_path, V_small, expected):
+    path = write_zarr(tmp_path / "V.zarr", V_small, (23, 17))
+    for V in (f"file://{path}", zarr.open_array(path, mode="r")):
+        res = fit(V, block_rows=40)
+        np.testing.assert_allclose(res.H, expected.H, rtol=1e-12)
+
+
+def test_array_inside_a_group(tmp_path, V_small, expected):
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    group.create_array("counts", data=V_small, chunks=(50, 41))
+    group.create_array("other", data=np.zeros(3))
+    with pytest.raises(InputError, match="say which one"):
+        fit(str(tmp_path / "g.zarr"))
+    with pytest.raises(InputError, match="no array 'nope'"):
+        fit(str(tmp_path / "g.zarr"), array="nope")
+    res = fit(str(tmp_path / "g.zarr"), array="counts", block_rows=40)
+    np.testing.assert_allclose(res.H, expected.H, rtol=1e-12)
+
+
+def test_dask_array_any_chunks(V_small, expected):
+    res = fit(da.from_array(V_small, chunks=(13, 7)), block_rows=40)
+    np.testing.assert_allclose(res.H, expected.H, rtol=1e-12)
+
+
+def test_numpy_is_split_into_views_once(V_small):
+    Vin = open_input(V_small, 50)
+    assert Vin.bounds == [(0, 50), (50, 100), (100, 150), (150, 157)]
+    from dask_nmf.io import block_sources
+
+    blocks = block_sources(Vin)
+    assert all(np.shares_memory(b, V_small) for b in blocks)  # views, no copies
+
+
+def test_dtype_option(V_small):
+    res = fit(V_small, dtype="float32")
+    assert res.H.dtype == np.float32
+
+
+# ---------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda V: V - 1.0, "negative values"),
+        (lambda V: np.where(np.arange(V.size).reshape(V.shape) == 5, np.nan, V), "NaN or infinite"),
+        (lambda V: np.where(np.arange(V.size).reshape(V.shape) == 5, np.inf, V), "NaN or infinite"),
+        (lambda V: V[0], "must be 2-D"),
+        (lambda V: V[None], "must be 2-D"),
+        (lambda V: V[:0], "empty"),
+        (lambda V: V.astype(complex), "complex"),
+        (lambda V: V.astype(str), "dtype"),
+    ],
+)
+def test_bad_V_is_refused(V_small, mutate, message):
+    with pytest.raises(InputError, match=message):
+        fit(mutate(V_small))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_components": 0}, "n_components"),
+        ({"n_components": 2.5}, "n_components"),
+        ({"n_components": "three"}, "n_components"),
+        ({"beta_loss": "itakura-saito"}, "beta_loss"),
+        ({"beta_loss": 0.5}, "beta_loss"),
+        ({"init": "pca"}, "unknown init"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"tol": -1.0}, "tol"),
+        ({"alpha_W": -0.1}, "alpha_W"),
+        ({"alpha_H": "different"}, "alpha_H"),
+        ({"l1_ratio": 1.5}, "l1_ratio"),
+        ({"block_rows": 0}, "block_rows"),
+        ({"checkpoint_every": 0}, "checkpoint_every"),
+        ({"init": "custom"}, "W_init and H_init"),
+    ],
+)
+def test_bad_options_are_refused_before_V_is_read(tmp_path, V_small, kwargs, message):
+    path = write_zarr(tmp_path / "V.zarr", V_small, (23, 17))
+    arr, store = counting_array(path)
+    kwargs = {"n_components": 3, **kwargs}
+    with pytest.raises(InputError, match=message):
+        dask_nmf.factorize(arr, **kwargs)
+    assert store.chunk_reads == 0
+
+
+def test_bad_values_are_found_in_one_pass(tmp_path, V_small):
+    V = V_small.copy()
+    V[100, 7] = -2.0
+    path = write_zarr(tmp_path / "V.zarr", V, (23, 17))
+    arr, store = counting_array(path)
+    with pytest.raises(InputError, match=r"negative values \(minimum -2\)"):
+        dask_nmf.factorize(arr, 3, block_rows=46, keep_in_memory=False)
+    assert store.chunk_reads == 7 * 3  # one pass, then nothing else
+
+
+@pytest.mark.parametrize(
+    ("which", "value", "message"),
+    [
+        ("W_init", np.ones((10, 4)), r"W_init has shape \(10, 4\); expected \(157, 4\)"),
+        ("H_init", np.ones((4, 40)), r"H_init has shape \(4, 40\); expected \(4, 41\)"),
+        ("W_init", -np.ones((157, 4)), "W_init contains negative values"),
+        ("H_init", np.full((4, 41), np.nan), "H_init contains NaN"),
+        ("H_init", np.zeros((4, 41)), "H_init is all zeros"),
+    ],
+)
+def test_bad_custom_init(V_small, start, which, value, message):
+    W0, H0 = start
+    kw = {"W_init": W0, "H_init": H0, which: value}
+    with pytest.raises(InputError, match=message):
+        dask_nmf.factorize(V_small, 4, init="custom", **kw)
+
+
+def test_missing_store(tmp_path):
+    with pytest.raises(InputError, match="no zarr store at .*does not exist"):
+        fit(str(tmp_path / "nowhere.zarr"))
+
+
+def test_not_a_zarr_store(tmp_path):
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(InputError, match="zarr"):
+        fit(str(tmp_path / "plain"))
+
+
+def test_input_error_is_a_value_error():
+    assert issubclass(InputError, ValueError)
