@@ -17,6 +17,7 @@ iterations since the last checkpoint, replayed by dask itself.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -354,6 +355,7 @@ def factorize(
     array: str | None = None,
     dtype: Any = None,
     storage_options: dict | None = None,
+    on_checkpoint: Callable[[int, Any], Any] | None = None,
 ) -> NMFResult:
     """Factorize a non-negative matrix V ~= W H with Lee & Seung's multiplicative updates.
 
@@ -413,6 +415,8 @@ def factorize(
         Compute in this dtype (default: float32 for float32 V, else float64).
     storage_options : dict, optional
         fsspec options for URLs of V and of the checkpoint.
+    on_checkpoint : callable, optional
+        ``on_checkpoint(iteration, path)`` after each complete checkpoint.
 
     Returns
     -------
@@ -431,6 +435,10 @@ def factorize(
         raise InputError("resume=True needs checkpoint= naming the store to resume from")
 
     runner = Runner(resolve_client(client))
+    if resume and block_rows is None and checkpoint is not None:
+        # Continue with the checkpoint's row blocks (W is stored in them).
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            block_rows = persistence.read_meta(checkpoint, storage_options)["params"]["block_rows"]
     Vin = open_input(
         V,
         block_rows,
@@ -565,8 +573,11 @@ def factorize(
                 "finished": bool(finished),
             }
             persistence.commit_state(store, slot, H, state, storage_options)
-            if verbose:
-                print(f"checkpoint: iteration {t} written to {store}")
+            if store == checkpoint:
+                if verbose:
+                    print(f"checkpoint: iteration {t} written to {store}")
+                if on_checkpoint is not None:
+                    on_checkpoint(t, store)
             if not runner.distributed:
                 return W_h
             # Read W back: blocks with no history cut the lineage here.
@@ -577,6 +588,9 @@ def factorize(
                 for a, b in Vin.bounds
             ]
 
+        if checkpoint is not None and resume_meta is None:
+            # State 0 at once: an interrupted run is resumable from the start.
+            W_h = save(W_h, H, 0, losses, False, False)
         converged = False
         while t < max_iter:
             first = not losses
@@ -649,27 +663,19 @@ def _initialize(init, Vin, k, stats, random_state, W_init, H_init, runner):
 
 
 def _check_resumable(meta: dict, params: dict, Vin: InputMatrix) -> None:
-    old = meta.get("params", {})
-    for key in (
-        "n_components",
-        "beta_loss",
-        "block_rows",
-        "alpha_W",
-        "alpha_H",
-        "l1_ratio",
-        "dtype",
-    ):
-        if key in old and old[key] != params[key]:
-            raise InputError(
-                f"cannot resume: the checkpoint was made with {key}={old[key]!r}, not {params[key]!r}"
-            )
+    if not meta.get("state"):
+        raise InputError("cannot resume: the checkpoint holds no complete state yet")
     shape = meta.get("input", {}).get("shape")
     if shape is not None and tuple(shape) != tuple(Vin.shape):
         raise InputError(
             f"cannot resume: the checkpoint is for V of shape {tuple(shape)}, not {Vin.shape}"
         )
-    if not meta.get("state"):
-        raise InputError("cannot resume: the checkpoint holds no complete state yet")
+    old = meta.get("params", {})
+    for key in ("n_components", "beta_loss", "block_rows", "alpha_W", "alpha_H", "l1_ratio", "dtype"):
+        if key in old and old[key] != params[key]:
+            raise InputError(
+                f"cannot resume: the checkpoint was made with {key}={old[key]!r}, not {params[key]!r}"
+            )
 
 
 def _restore(path, meta, Vin, storage_options):

@@ -13,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import driver
 from .io import InputError
+from .persistence import load
 
 
 def _in_memory(X: Any) -> bool:
@@ -69,6 +70,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     loss_history_ : list of float
         The cost at the start and after each iteration.
     n_features_in_ : int
+    result_ : NMFResult
+        The full result of the fit (W as a dask array, the loss history).
     """
 
     def __init__(
@@ -165,6 +168,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.reconstruction_err_ = res.reconstruction_err
         self.loss_history_ = res.loss_history
         self.n_features_in_ = Vin.shape[1]
+        self.result_ = res
         return res.W.compute() if _in_memory(X) else res.W
 
     def fit(self, X: Any, y: Any = None, **params):
@@ -211,6 +215,36 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if X.ndim != 2 or X.shape[1] != self.n_components_:
             raise InputError(f"W has shape {X.shape}; expected (n_samples, {self.n_components_})")
         return X @ self.components_
+
+    def save(self, path: Any, *, overwrite: bool = False, storage_options: dict | None = None):
+        """Write the fitted model (W of the training data, H, parameters) to a zarr group.
+
+        The group has the layout of :mod:`dask_nmf.persistence`, so the
+        ``dask-nmf`` command (``info``, ``transform --model``) reads it too.
+        """
+        check_is_fitted(self)
+        self.result_.params = dict(self.result_.params, estimator=self.get_params())
+        self.result_.to_zarr(path, overwrite=overwrite, storage_options=storage_options)
+
+    @classmethod
+    def load(cls, path: Any, storage_options: dict | None = None) -> NMF:
+        """An estimator with ``components_`` and parameters from a saved model or a
+        ``dask-nmf fit`` result."""
+        res = load(path, storage_options)
+        params = dict(res.params.get("estimator", {}))
+        if not params:
+            keys = ("beta_loss", "max_iter", "tol", "alpha_W", "alpha_H", "l1_ratio")
+            params = {k: res.params[k] for k in keys if k in res.params}
+            params["n_components"] = int(res.H.shape[0])
+        est = cls(**params)
+        est.components_ = res.H
+        est.n_components_ = res.H.shape[0]
+        est.n_features_in_ = res.H.shape[1]
+        est.n_iter_ = res.n_iter
+        est.reconstruction_err_ = res.reconstruction_err
+        est.loss_history_ = res.loss_history
+        est.result_ = res
+        return est
 
     @property
     def _n_features_out(self) -> int:

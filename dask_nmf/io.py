@@ -191,6 +191,8 @@ def open_input(
     elif not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
         raise InputError(f"block_rows must be a positive integer; got {block_rows!r}")
     block_rows = int(min(block_rows, m))
+    source.setdefault("shape", [m, n])
+    source.setdefault("dtype", str(V.dtype))
     bounds = row_bounds(m, block_rows)
     chunks = (tuple(b - a for a, b in bounds), (n,))
 

@@ -205,7 +205,7 @@ class NMFResult:
         meta = {"params": self.params, "input": self.source, "beta_loss": self.beta_loss}
         create_store(
             path,
-            self.W.shape,
+            (self.W.shape[0], self.H.shape[1]),
             self.H.shape[0],
             self.H.dtype,
             block_rows,

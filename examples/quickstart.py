@@ -16,22 +16,13 @@ import zarr
 from distributed import Client, LocalCluster
 
 import dask_nmf
-
-
-def make_store(path: str, m: int = 20_000, n: int = 500, k: int = 10, seed: int = 0) -> str:
-    """Write V = W0 H0 + noise, in row chunks, without holding V in memory."""
-    rng = np.random.default_rng(seed)
-    W0, H0 = rng.random((m, k)), rng.random((k, n))
-    V = zarr.create_array(path, shape=(m, n), chunks=(2_000, n), dtype="float64")
-    for start in range(0, m, 2_000):
-        block = W0[start : start + 2_000] @ H0
-        V[start : start + 2_000] = block + 0.01 * rng.random(block.shape)
-    return path
+from dask_nmf.datasets import make_low_rank_store
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        path = make_store(f"{tmp}/V.zarr")
+        path = f"{tmp}/V.zarr"
+        make_low_rank_store(path, 20_000, 500, 10)
         with (
             LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
             Client(cluster) as client,

@@ -1,0 +1,324 @@
+"""The ``dask-nmf`` command: fit, transform, info, demo.
+
+Bad input exits with status 2 and a one-line message (no traceback); Ctrl-C
+during ``fit`` leaves the output store resumable and exits with status 130.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import click
+
+from . import __version__
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class Abort(click.ClickException):
+    """A one-line error with exit status 2."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file=None) -> None:
+        click.echo(f"dask-nmf: error: {self.format_message()}", err=True)
+
+
+@contextlib.contextmanager
+def _cluster(scheduler, n_workers, threads_per_worker, memory_limit, quiet):
+    """Connect to ``scheduler``, or start an embedded LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            if not quiet:
+                click.echo(f"connected to {scheduler} ({len(client.nthreads())} workers)", err=True)
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            memory_limit=memory_limit,
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        if not quiet:
+            link = cluster.dashboard_link
+            click.echo(
+                f"LocalCluster: {n_workers} workers x {threads_per_worker} threads, "
+                f"memory limit {memory_limit}; dashboard {link}",
+                err=True,
+            )
+        yield client
+
+
+class _Progress:
+    """A tqdm bar with the loss, its relative decrease, and an ETA."""
+
+    def __init__(self, max_iter: int, start: int, quiet: bool):
+        self.quiet = quiet
+        self.last = None
+        if not quiet:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=max_iter, initial=start, unit="it", file=sys.stderr)
+
+    def __call__(self, iteration: int, loss: float) -> None:
+        if self.quiet:
+            return
+        rel = (self.last - loss) / self.last if self.last else math.nan
+        self.last = loss
+        self.bar.set_postfix_str(f"loss={loss:.6g} rel.decrease={rel:.2e}")
+        self.bar.update(iteration - self.bar.n)
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            self.bar.write(message, file=sys.stderr)
+
+    def close(self) -> None:
+        if not self.quiet:
+            self.bar.close()
+
+
+def _fail_on_input_errors(fn, *args, **kwargs):
+    from .io import InputError
+
+    try:
+        return fn(*args, **kwargs)
+    except InputError as exc:
+        raise Abort(str(exc)) from None
+    except FileNotFoundError as exc:
+        raise Abort(str(exc)) from None
+
+
+cluster_options = [
+    click.option("--scheduler", metavar="ADDRESS", help="Connect to this dask scheduler."),
+    click.option("--n-workers", default=2, show_default=True, help="Embedded cluster: workers."),
+    click.option("--threads-per-worker", default=1, show_default=True, help="Embedded cluster: threads each."),
+    click.option("--memory-limit", default="auto", show_default=True, help="Embedded cluster: memory per worker."),
+]
+
+
+def with_cluster_options(fn):
+    for option in reversed(cluster_options):
+        fn = option(fn)
+    return fn
+
+
+@click.group()
+@click.version_option(__version__, prog_name="dask-nmf")
+def cli() -> None:
+    """Non-negative matrix factorization of zarr stores on dask (Lee & Seung MU)."""
+
+
+@cli.command()
+@click.argument("input_", metavar="INPUT")
+@click.option("-k", "--n-components", "k", type=int, required=True, help="Rank of the factorization.")
+@click.option("-o", "--output", required=True, help="Result zarr group (also the checkpoint).")
+@click.option(
+    "--beta-loss", type=click.Choice(["frobenius", "kullback-leibler"]), default="frobenius", show_default=True
+)
+@click.option("--init", type=click.Choice(["random", "nndsvd", "nndsvda", "nndsvdar"]), default=None)
+@click.option("--max-iter", type=int, default=200, show_default=True)
+@click.option("--tol", type=float, default=1e-4, show_default=True)
+@click.option("--seed", type=int, default=None, help="Random seed (reproducible runs).")
+@click.option("--alpha-w", type=float, default=0.0, show_default=True)
+@click.option("--alpha-h", default="same", show_default=True)
+@click.option("--l1-ratio", type=float, default=0.0, show_default=True)
+@click.option("--array", "array_name", default=None, help="The array inside a zarr group.")
+@with_cluster_options
+@click.option("--checkpoint-every", type=int, default=10, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in OUTPUT.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@click.option("--block-rows", type=int, default=None)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or messages.")
+def fit(input_, k, output, beta_loss, init, max_iter, tol, seed, alpha_w, alpha_h, l1_ratio,
+        array_name, scheduler, n_workers, threads_per_worker, memory_limit, checkpoint_every,
+        resume, overwrite, block_rows, dtype, quiet) -> None:
+    """Factorize INPUT (a zarr store or URL) into W and H, written to OUTPUT."""
+    from . import driver, persistence
+
+    if alpha_h != "same":
+        try:
+            alpha_h = float(alpha_h)
+        except ValueError:
+            raise Abort(f"--alpha-h must be 'same' or a number; got {alpha_h!r}") from None
+    if resume and overwrite:
+        raise Abort("--resume and --overwrite contradict each other")
+    exists = persistence.store_exists(output)
+    if exists and not (resume or overwrite):
+        raise Abort(f"{output} already exists; use --resume to continue it or --overwrite")
+    if resume and not exists:
+        raise Abort(f"cannot resume: {output} does not exist")
+    # Cheap checks of the store (exists, is an array) before any cluster starts.
+    _fail_on_input_errors(driver.input_matrix, input_, block_rows, array=array_name, dtype=dtype)
+    start = 0
+    if resume:
+        with contextlib.suppress(Exception):
+            start = int(persistence.read_meta(output)["state"]["iteration"])
+
+    with _cluster(scheduler, n_workers, threads_per_worker, memory_limit, quiet) as client:
+        progress = _Progress(max_iter, start, quiet)
+        t0 = time.perf_counter()
+        try:
+            res = _fail_on_input_errors(
+                driver.factorize, input_, k, beta_loss=beta_loss, init=init, max_iter=max_iter,
+                tol=tol, random_state=seed, alpha_W=alpha_w, alpha_H=alpha_h, l1_ratio=l1_ratio,
+                block_rows=block_rows, client=client, callback=progress, checkpoint=output,
+                checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite,
+                array=array_name, dtype=dtype,
+                on_checkpoint=lambda it, path: progress.log(f"checkpoint: iteration {it} -> {path}"),
+            )
+        except KeyboardInterrupt:
+            progress.close()
+            click.echo(
+                f"\ninterrupted; {output} holds the last checkpoint: continue with --resume",
+                err=True,
+            )
+            sys.exit(EXIT_INTERRUPTED)
+        progress.close()
+    if not quiet:
+        click.echo(
+            f"{res.n_iter} iterations in {time.perf_counter() - t0:.1f} s, "
+            f"{'converged' if res.converged else 'stopped at --max-iter'}; "
+            f"loss {res.loss_history[0]:.6g} -> {res.loss_history[-1]:.6g}; "
+            f"reconstruction error {res.reconstruction_err:.6g}; written to {output}"
+        )
+
+
+@cli.command()
+@click.argument("input_", metavar="INPUT")
+@click.option("--model", required=True, help="A result of `dask-nmf fit` (or NMF.save).")
+@click.option("-o", "--output", required=True, help="Zarr array to write W to.")
+@click.option("--array", "array_name", default=None, help="The array inside a zarr group.")
+@click.option("--block-rows", type=int, default=None)
+@click.option("--overwrite", is_flag=True)
+@with_cluster_options
+@click.option("-q", "--quiet", is_flag=True)
+def transform(input_, model, output, array_name, block_rows, overwrite, scheduler, n_workers,
+              threads_per_worker, memory_limit, quiet) -> None:
+    """W for the rows of INPUT with H fixed from MODEL, written to OUTPUT."""
+    import zarr
+
+    from . import driver, persistence
+
+    if persistence.store_exists(output) and not overwrite:
+        raise Abort(f"{output} already exists; use --overwrite to replace it")
+    _fail_on_input_errors(driver.input_matrix, input_, block_rows, array=array_name)
+    meta = _fail_on_input_errors(persistence.read_meta, model)
+    _, H, _ = _fail_on_input_errors(persistence.read_state, model)
+    params = meta.get("params", {})
+    with _cluster(scheduler, n_workers, threads_per_worker, memory_limit, quiet) as client:
+        W = _fail_on_input_errors(
+            driver.transform, input_, H, beta_loss=params.get("beta_loss", "frobenius"),
+            max_iter=params.get("max_iter", 200), tol=params.get("tol", 1e-4),
+            alpha_W=params.get("alpha_W", 0.0), l1_ratio=params.get("l1_ratio", 0.0),
+            block_rows=block_rows, client=client, array=array_name,
+        )
+        if overwrite:
+            persistence.remove_store(output)
+        target = zarr.create_array(output, shape=W.shape, chunks=(W.chunks[0][0], W.shape[1]), dtype=W.dtype)
+        client.compute(W.store(target, lock=False, compute=False), sync=True)
+        # Marker last: a W.zarr without it is incomplete.
+        target.attrs.update({"dask_nmf": {"transform_of": str(input_), "model": str(model), "complete": True}})
+    if not quiet:
+        click.echo(f"W {W.shape} written to {output}")
+
+
+@cli.command()
+@click.argument("path")
+def info(path) -> None:
+    """Parameters, shape, loss and iterations of a result or checkpoint."""
+    from . import persistence
+
+    meta = _fail_on_input_errors(persistence.read_meta, path)
+    state = meta.get("state") or {}
+    params = meta.get("params", {})
+    source = meta.get("input", {})
+    lines = [
+        f"dask_nmf result: {path} (written by dask_nmf {meta.get('version')})",
+        f"input: {source.get('path', source.get('kind'))} shape={source.get('shape')} dtype={source.get('dtype')} chunks={source.get('chunks')}",
+        "parameters: " + ", ".join(f"{k}={v}" for k, v in params.items() if k != "estimator"),
+    ]
+    if state:
+        losses = state.get("loss_history", [])
+        lines += [
+            f"iterations: {state['iteration']} ({'finished' if state.get('finished') else 'checkpoint, resumable'}; "
+            f"converged={state.get('converged')})",
+            f"loss: {losses[0]:.6g} -> {losses[-1]:.6g}" if losses else "loss: -",
+        ]
+        if losses:
+            lines.append(f"reconstruction error: {math.sqrt(2 * losses[-1]):.6g}")
+    else:
+        lines.append("no complete state yet")
+    click.echo("\n".join(lines))
+
+
+@cli.command()
+@click.option("-o", "--output-dir", default=None, help="Where to write the data and result (default: a temporary directory).")
+@click.option("--rows", default=20_000, show_default=True)
+@click.option("--cols", default=500, show_default=True)
+@click.option("-k", "--n-components", "k", default=8, show_default=True)
+@click.option("--max-iter", default=100, show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
+    """Generate a dataset, factorize it on an embedded cluster, show the result."""
+    import numpy as np
+
+    from . import driver
+    from .datasets import make_low_rank_store
+
+    with contextlib.ExitStack() as stack:
+        if output_dir is None:
+            output_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="dask-nmf-demo-"))
+        os.makedirs(output_dir, exist_ok=True)
+        data = os.path.join(output_dir, "V.zarr")
+        out = os.path.join(output_dir, "result.zarr")
+        click.echo(f"writing a {rows} x {cols} matrix of rank {k} (+ noise) to {data}")
+        make_low_rank_store(data, rows, cols, k, overwrite=True)
+        with _cluster(None, 2, 1, "auto", quiet) as client:
+            progress = _Progress(max_iter, 0, quiet)
+            res = driver.factorize(
+                data, k, max_iter=max_iter, random_state=0, client=client, callback=progress,
+                checkpoint=out, overwrite=True,
+            )
+            progress.close()
+        losses = np.asarray(res.loss_history)
+        click.echo("iteration  loss")
+        for it in sorted({0, 1, 2, 5, *range(10, res.n_iter + 1, 10), res.n_iter}):
+            click.echo(f"{it:9d}  {losses[it]:.6g}")
+        monotone = bool(np.all(np.diff(losses) <= 1e-9 * losses[0]))
+        click.echo(
+            f"loss never increased: {monotone}; relative error "
+            f"{res.reconstruction_err / math.sqrt(2 * _norm2(data) / 2):.4f}; result in {out}"
+        )
+
+
+def _norm2(path: str) -> float:
+    import dask.array as da
+
+    V = da.from_zarr(path)
+    return float((V**2).sum().compute())
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point of the ``dask-nmf`` console script."""
+    try:
+        return cli.main(args=argv, prog_name="dask-nmf", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        # One line, no usage block, no traceback.
+        click.echo(f"dask-nmf: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
