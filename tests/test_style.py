@@ -8,8 +8,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_ruff_clean():
+    dirs = [d for d in ("dask_nmf", "tests", "examples", "benchmarks") if (ROOT / d).is_dir()]
     out = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "dask_nmf", "tests", "examples", "benchmarks"],
+        [sys.executable, "-m", "ruff", "check", *dirs],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert out.returncode == 0, out.stdout + out.stderr
