@@ -62,30 +62,43 @@ def _cluster(scheduler, n_workers, threads_per_worker, memory_limit, quiet):
 
 
 class _Progress:
-    """A tqdm bar with the loss, its relative decrease, and an ETA."""
+    """A tqdm bar with the loss, its relative decrease, and an ETA.
+
+    The bar appears with the first iteration, so that errors found while V is
+    validated are printed on a line of their own.
+    """
 
     def __init__(self, max_iter: int, start: int, quiet: bool):
-        self.quiet = quiet
+        self.quiet, self.max_iter, self.start = quiet, max_iter, start
         self.last = None
-        if not quiet:
+        self.bar = None
+
+    def _ensure_bar(self):
+        if self.bar is None:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=max_iter, initial=start, unit="it", file=sys.stderr)
+            self.bar = tqdm(total=self.max_iter, initial=self.start, unit="it", file=sys.stderr)
+        return self.bar
 
     def __call__(self, iteration: int, loss: float) -> None:
         if self.quiet:
             return
+        bar = self._ensure_bar()
         rel = (self.last - loss) / self.last if self.last else math.nan
         self.last = loss
-        self.bar.set_postfix_str(f"loss={loss:.6g} rel.decrease={rel:.2e}")
-        self.bar.update(iteration - self.bar.n)
+        bar.set_postfix_str(f"loss={loss:.6g} rel.decrease={rel:.2e}")
+        bar.update(iteration - bar.n)
 
     def log(self, message: str) -> None:
-        if not self.quiet:
+        if self.quiet:
+            return
+        if self.bar is None:
+            click.echo(message, err=True)
+        else:
             self.bar.write(message, file=sys.stderr)
 
     def close(self) -> None:
-        if not self.quiet:
+        if self.bar is not None:
             self.bar.close()
 
 
@@ -103,8 +116,15 @@ def _fail_on_input_errors(fn, *args, **kwargs):
 cluster_options = [
     click.option("--scheduler", metavar="ADDRESS", help="Connect to this dask scheduler."),
     click.option("--n-workers", default=2, show_default=True, help="Embedded cluster: workers."),
-    click.option("--threads-per-worker", default=1, show_default=True, help="Embedded cluster: threads each."),
-    click.option("--memory-limit", default="auto", show_default=True, help="Embedded cluster: memory per worker."),
+    click.option(
+        "--threads-per-worker", default=1, show_default=True, help="Embedded cluster: threads each."
+    ),
+    click.option(
+        "--memory-limit",
+        default="auto",
+        show_default=True,
+        help="Embedded cluster: memory per worker.",
+    ),
 ]
 
 
@@ -122,12 +142,19 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("input_", metavar="INPUT")
-@click.option("-k", "--n-components", "k", type=int, required=True, help="Rank of the factorization.")
+@click.option(
+    "-k", "--n-components", "k", type=int, required=True, help="Rank of the factorization."
+)
 @click.option("-o", "--output", required=True, help="Result zarr group (also the checkpoint).")
 @click.option(
-    "--beta-loss", type=click.Choice(["frobenius", "kullback-leibler"]), default="frobenius", show_default=True
+    "--beta-loss",
+    type=click.Choice(["frobenius", "kullback-leibler"]),
+    default="frobenius",
+    show_default=True,
 )
-@click.option("--init", type=click.Choice(["random", "nndsvd", "nndsvda", "nndsvdar"]), default=None)
+@click.option(
+    "--init", type=click.Choice(["random", "nndsvd", "nndsvda", "nndsvdar"]), default=None
+)
 @click.option("--max-iter", type=int, default=200, show_default=True)
 @click.option("--tol", type=float, default=1e-4, show_default=True)
 @click.option("--seed", type=int, default=None, help="Random seed (reproducible runs).")
@@ -142,9 +169,30 @@ def cli() -> None:
 @click.option("--block-rows", type=int, default=None)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or messages.")
-def fit(input_, k, output, beta_loss, init, max_iter, tol, seed, alpha_w, alpha_h, l1_ratio,
-        array_name, scheduler, n_workers, threads_per_worker, memory_limit, checkpoint_every,
-        resume, overwrite, block_rows, dtype, quiet) -> None:
+def fit(
+    input_,
+    k,
+    output,
+    beta_loss,
+    init,
+    max_iter,
+    tol,
+    seed,
+    alpha_w,
+    alpha_h,
+    l1_ratio,
+    array_name,
+    scheduler,
+    n_workers,
+    threads_per_worker,
+    memory_limit,
+    checkpoint_every,
+    resume,
+    overwrite,
+    block_rows,
+    dtype,
+    quiet,
+) -> None:
     """Factorize INPUT (a zarr store or URL) into W and H, written to OUTPUT."""
     from . import driver, persistence
 
@@ -172,12 +220,29 @@ def fit(input_, k, output, beta_loss, init, max_iter, tol, seed, alpha_w, alpha_
         t0 = time.perf_counter()
         try:
             res = _fail_on_input_errors(
-                driver.factorize, input_, k, beta_loss=beta_loss, init=init, max_iter=max_iter,
-                tol=tol, random_state=seed, alpha_W=alpha_w, alpha_H=alpha_h, l1_ratio=l1_ratio,
-                block_rows=block_rows, client=client, callback=progress, checkpoint=output,
-                checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite,
-                array=array_name, dtype=dtype,
-                on_checkpoint=lambda it, path: progress.log(f"checkpoint: iteration {it} -> {path}"),
+                driver.factorize,
+                input_,
+                k,
+                beta_loss=beta_loss,
+                init=init,
+                max_iter=max_iter,
+                tol=tol,
+                random_state=seed,
+                alpha_W=alpha_w,
+                alpha_H=alpha_h,
+                l1_ratio=l1_ratio,
+                block_rows=block_rows,
+                client=client,
+                callback=progress,
+                checkpoint=output,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                overwrite=overwrite,
+                array=array_name,
+                dtype=dtype,
+                on_checkpoint=lambda it, path: progress.log(
+                    f"checkpoint: iteration {it} -> {path}"
+                ),
             )
         except KeyboardInterrupt:
             progress.close()
@@ -205,8 +270,19 @@ def fit(input_, k, output, beta_loss, init, max_iter, tol, seed, alpha_w, alpha_
 @click.option("--overwrite", is_flag=True)
 @with_cluster_options
 @click.option("-q", "--quiet", is_flag=True)
-def transform(input_, model, output, array_name, block_rows, overwrite, scheduler, n_workers,
-              threads_per_worker, memory_limit, quiet) -> None:
+def transform(
+    input_,
+    model,
+    output,
+    array_name,
+    block_rows,
+    overwrite,
+    scheduler,
+    n_workers,
+    threads_per_worker,
+    memory_limit,
+    quiet,
+) -> None:
     """W for the rows of INPUT with H fixed from MODEL, written to OUTPUT."""
     import zarr
 
@@ -220,17 +296,28 @@ def transform(input_, model, output, array_name, block_rows, overwrite, schedule
     params = meta.get("params", {})
     with _cluster(scheduler, n_workers, threads_per_worker, memory_limit, quiet) as client:
         W = _fail_on_input_errors(
-            driver.transform, input_, H, beta_loss=params.get("beta_loss", "frobenius"),
-            max_iter=params.get("max_iter", 200), tol=params.get("tol", 1e-4),
-            alpha_W=params.get("alpha_W", 0.0), l1_ratio=params.get("l1_ratio", 0.0),
-            block_rows=block_rows, client=client, array=array_name,
+            driver.transform,
+            input_,
+            H,
+            beta_loss=params.get("beta_loss", "frobenius"),
+            max_iter=params.get("max_iter", 200),
+            tol=params.get("tol", 1e-4),
+            alpha_W=params.get("alpha_W", 0.0),
+            l1_ratio=params.get("l1_ratio", 0.0),
+            block_rows=block_rows,
+            client=client,
+            array=array_name,
         )
         if overwrite:
             persistence.remove_store(output)
-        target = zarr.create_array(output, shape=W.shape, chunks=(W.chunks[0][0], W.shape[1]), dtype=W.dtype)
+        target = zarr.create_array(
+            output, shape=W.shape, chunks=(W.chunks[0][0], W.shape[1]), dtype=W.dtype
+        )
         client.compute(W.store(target, lock=False, compute=False), sync=True)
         # Marker last: a W.zarr without it is incomplete.
-        target.attrs.update({"dask_nmf": {"transform_of": str(input_), "model": str(model), "complete": True}})
+        target.attrs.update(
+            {"dask_nmf": {"transform_of": str(input_), "model": str(model), "complete": True}}
+        )
     if not quiet:
         click.echo(f"W {W.shape} written to {output}")
 
@@ -265,7 +352,12 @@ def info(path) -> None:
 
 
 @cli.command()
-@click.option("-o", "--output-dir", default=None, help="Where to write the data and result (default: a temporary directory).")
+@click.option(
+    "-o",
+    "--output-dir",
+    default=None,
+    help="Where to write the data and result (default: a temporary directory).",
+)
 @click.option("--rows", default=20_000, show_default=True)
 @click.option("--cols", default=500, show_default=True)
 @click.option("-k", "--n-components", "k", default=8, show_default=True)
@@ -289,8 +381,14 @@ def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
         with _cluster(None, 2, 1, "auto", quiet) as client:
             progress = _Progress(max_iter, 0, quiet)
             res = driver.factorize(
-                data, k, max_iter=max_iter, random_state=0, client=client, callback=progress,
-                checkpoint=out, overwrite=True,
+                data,
+                k,
+                max_iter=max_iter,
+                random_state=0,
+                client=client,
+                callback=progress,
+                checkpoint=out,
+                overwrite=True,
             )
             progress.close()
         losses = np.asarray(res.loss_history)
@@ -322,3 +420,7 @@ def main(argv: list[str] | None = None) -> Any:
         # One line, no usage block, no traceback.
         click.echo(f"dask-nmf: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -671,7 +671,15 @@ def _check_resumable(meta: dict, params: dict, Vin: InputMatrix) -> None:
             f"cannot resume: the checkpoint is for V of shape {tuple(shape)}, not {Vin.shape}"
         )
     old = meta.get("params", {})
-    for key in ("n_components", "beta_loss", "block_rows", "alpha_W", "alpha_H", "l1_ratio", "dtype"):
+    for key in (
+        "n_components",
+        "beta_loss",
+        "block_rows",
+        "alpha_W",
+        "alpha_H",
+        "l1_ratio",
+        "dtype",
+    ):
         if key in old and old[key] != params[key]:
             raise InputError(
                 f"cannot resume: the checkpoint was made with {key}={old[key]!r}, not {params[key]!r}"

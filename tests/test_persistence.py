@@ -68,8 +68,13 @@ def test_every_checkpoint_is_the_state_of_its_iteration(tmp_path, V_small, beta_
         seen.append((iteration, ck.W.compute(), ck.H))
 
     res = dask_nmf.factorize(
-        V_small, 3, max_iter=23, checkpoint=tmp_path / "ck.zarr", checkpoint_every=5,
-        on_checkpoint=check, **kw,
+        V_small,
+        3,
+        max_iter=23,
+        checkpoint=tmp_path / "ck.zarr",
+        checkpoint_every=5,
+        on_checkpoint=check,
+        **kw,
     )
     assert [it for it, _, _ in seen] == [0, 5, 10, 15, 20, 23]
     for it, W, H in seen[1:]:
@@ -136,7 +141,9 @@ def test_sigkill_at_random_moments_leaves_a_consistent_checkpoint(tmp_path, beta
     kw = dict(beta_loss=beta_loss, init="random", random_state=1, tol=0, block_rows=500)
     for trial in range(3):
         path = tmp_path / f"ck{trial}.zarr"
-        proc = subprocess.Popen([sys.executable, str(script), str(path), beta_loss], stdout=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(path), beta_loss], stdout=subprocess.PIPE
+        )
         assert proc.stdout.readline().strip() == b"ready"
         time.sleep(1.0 + 2.0 * rng.random())
         os.kill(proc.pid, signal.SIGKILL)
@@ -157,8 +164,12 @@ def test_state_slots_alternate(tmp_path, V_small):
     path = tmp_path / "ck.zarr"
     slots = []
     dask_nmf.factorize(
-        make_low_rank(np.random.default_rng(0), 50, 20, 2), 2, init="random", max_iter=4,
-        checkpoint=path, checkpoint_every=1,
+        make_low_rank(np.random.default_rng(0), 50, 20, 2),
+        2,
+        init="random",
+        max_iter=4,
+        checkpoint=path,
+        checkpoint_every=1,
         on_checkpoint=lambda it, p: slots.append(persistence.read_meta(p)["state"]["slot"]),
     )
     assert slots == ["state0", "state1", "state0", "state1", "state0"]  # iterations 0..4

@@ -11,6 +11,8 @@ def test_ruff_clean():
     dirs = [d for d in ("dask_nmf", "tests", "examples", "benchmarks") if (ROOT / d).is_dir()]
     out = subprocess.run(
         [sys.executable, "-m", "ruff", "check", *dirs],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stdout + out.stderr

@@ -1,0 +1,265 @@
+"""The dask-nmf command, through click's runner and as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+from conftest import write_zarr
+
+import dask_nmf
+from dask_nmf.cli import cli
+
+
+@pytest.fixture
+def store(tmp_path, V_small):
+    return write_zarr(tmp_path / "V.zarr", V_small, chunks=(40, 41))
+
+
+@pytest.fixture
+def address(cluster_client):
+    return cluster_client.scheduler.address
+
+
+def run(args):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def test_fit_info_transform(tmp_path, store, address, V_small):
+    out = str(tmp_path / "out.zarr")
+    r = run(
+        [
+            "fit",
+            store,
+            "-k",
+            "3",
+            "-o",
+            out,
+            "--max-iter",
+            "25",
+            "--seed",
+            "0",
+            "--scheduler",
+            address,
+            "--checkpoint-every",
+            "10",
+        ]
+    )
+    assert r.exit_code == 0, r.output
+    assert "checkpoint: iteration 10" in r.output and "checkpoint: iteration 20" in r.output
+    assert "25 iterations" in r.output
+    res = dask_nmf.load(out)
+    direct = dask_nmf.factorize(
+        V_small, 3, max_iter=25, random_state=0, block_rows=res.params["block_rows"]
+    )
+    np.testing.assert_allclose(res.H, direct.H, rtol=1e-9)
+
+    r = run(["info", out])
+    assert r.exit_code == 0
+    assert "iterations: 25 (finished" in r.output and "n_components=3" in r.output
+    assert "shape=[157, 41]" in r.output
+
+    w_out = str(tmp_path / "W.zarr")
+    r = run(["transform", store, "--model", out, "-o", w_out, "--scheduler", address, "-q"])
+    assert r.exit_code == 0, r.output
+    W = zarr.open_array(w_out, mode="r")
+    assert W.shape == (157, 3) and W.attrs["dask_nmf"]["complete"]
+    est = dask_nmf.NMF.load(out)
+    np.testing.assert_allclose(W[...], est.transform(V_small), rtol=1e-9)
+
+
+def test_resume_after_a_stopped_run(tmp_path, store, address, V_small):
+    out = str(tmp_path / "out.zarr")
+    assert (
+        run(
+            [
+                "fit",
+                store,
+                "-k",
+                "3",
+                "-o",
+                out,
+                "--max-iter",
+                "12",
+                "--seed",
+                "1",
+                "--scheduler",
+                address,
+                "-q",
+                "--tol",
+                "0",
+            ]
+        ).exit_code
+        == 0
+    )
+    r = run(
+        [
+            "fit",
+            store,
+            "-k",
+            "3",
+            "-o",
+            out,
+            "--max-iter",
+            "30",
+            "--seed",
+            "1",
+            "--scheduler",
+            address,
+            "-q",
+            "--tol",
+            "0",
+            "--resume",
+        ]
+    )
+    assert r.exit_code == 0, r.output
+    straight = dask_nmf.factorize(
+        V_small,
+        3,
+        max_iter=30,
+        random_state=1,
+        tol=0,
+        block_rows=dask_nmf.load(out).params["block_rows"],
+    )
+    np.testing.assert_allclose(dask_nmf.load(out).H, straight.H, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fit", "{tmp}/none.zarr", "-k", "3", "-o", "{tmp}/o.zarr"], "no zarr store"),
+        (
+            ["fit", "{neg}", "-k", "3", "-o", "{tmp}/o.zarr", "--scheduler", "{addr}"],
+            "negative values",
+        ),
+        (
+            ["fit", "{store}", "-k", "0", "-o", "{tmp}/o.zarr", "--scheduler", "{addr}"],
+            "n_components",
+        ),
+        (["fit", "{group}", "-k", "3", "-o", "{tmp}/o.zarr", "--array", "nope"], "no array 'nope'"),
+        (["fit", "{store}", "-k", "3", "-o", "{tmp}/o.zarr", "--beta-loss", "is"], "--beta-loss"),
+        (["fit", "{store}", "-k", "3", "-o", "{existing}"], "already exists"),
+        (["fit", "{store}", "-o", "{tmp}/o.zarr"], "-k"),
+        (["info", "{tmp}/none.zarr"], "no dask_nmf result"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, store, address, args, message):
+    neg = write_zarr(tmp_path / "neg.zarr", -np.ones((20, 5)), chunks=(10, 5))
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    group.create_array("x", data=np.ones((10, 4)))
+    existing = tmp_path / "existing.zarr"
+    existing.mkdir()
+    fill = dict(
+        tmp=tmp_path,
+        neg=neg,
+        store=store,
+        addr=address,
+        group=tmp_path / "g.zarr",
+        existing=existing,
+    )
+    argv = [a.format(**fill) for a in args]
+    proc = subprocess.run(
+        [sys.executable, "-m", "dask_nmf.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    err_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("dask-nmf: error:")]
+    assert len(err_lines) == 1 and message in err_lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o.zarr").exists()  # nothing half-written
+
+
+def test_ctrl_c_leaves_a_resumable_store(tmp_path):
+    """A real `dask-nmf fit` process, interrupted with SIGINT, then resumed."""
+    from dask_nmf.datasets import make_low_rank_store
+
+    data = str(tmp_path / "V.zarr")
+    make_low_rank_store(data, 20_000, 300, 5, chunk_rows=1000)
+    out = str(tmp_path / "out.zarr")
+    args = [
+        sys.executable,
+        "-m",
+        "dask_nmf.cli",
+        "fit",
+        data,
+        "-k",
+        "5",
+        "-o",
+        out,
+        "--max-iter",
+        "100000",
+        "--tol",
+        "0",
+        "--seed",
+        "0",
+        "--checkpoint-every",
+        "2",
+        "--n-workers",
+        "1",
+        "--threads-per-worker",
+        "2",
+    ]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    lines = []
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if "checkpoint: iteration 4" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert "--resume" in rest
+    ck = dask_nmf.load(out)
+    assert ck.n_iter >= 4
+    r = subprocess.run(
+        args[:-6]
+        + [
+            "--max-iter",
+            str(ck.n_iter + 3),
+            "--tol",
+            "0",
+            "--seed",
+            "0",
+            "--resume",
+            "-q",
+            "--n-workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stderr
+    assert dask_nmf.load(out).n_iter == ck.n_iter + 3
+
+
+def test_demo_runs_on_a_fresh_directory(tmp_path):
+    r = CliRunner().invoke(
+        cli,
+        [
+            "demo",
+            "-o",
+            str(tmp_path / "d"),
+            "--rows",
+            "3000",
+            "--cols",
+            "60",
+            "--max-iter",
+            "20",
+            "-q",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "loss never increased: True" in r.output
+    assert dask_nmf.load(tmp_path / "d" / "result.zarr").n_iter == 20
