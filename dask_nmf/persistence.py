@@ -76,7 +76,9 @@ def create_store(
 ) -> zarr.Group:
     """Create an empty result/checkpoint group with both slots allocated."""
     m, n = shape
-    group = zarr.open_group(path, mode="w" if overwrite else "w-", storage_options=storage_options)
+    if not overwrite and store_exists(path, storage_options):
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    group = zarr.open_group(path, mode="w", storage_options=storage_options)
     for slot in SLOTS:
         group.create_array(
             f"{slot}/W", shape=(m, n_components), chunks=(block_rows, n_components), dtype=dtype
