@@ -162,6 +162,9 @@ def cli() -> None:
 @click.option("--alpha-h", default="same", show_default=True)
 @click.option("--l1-ratio", type=float, default=0.0, show_default=True)
 @click.option("--array", "array_name", default=None, help="The array inside a zarr group.")
+@click.option("--variable", default=None, help="xarray: the variable of the zarr Dataset.")
+@click.option("--sample-dims", default=None, help="xarray: dims stacked into rows, e.g. y,x.")
+@click.option("--feature-dims", default=None, help="xarray: dims stacked into columns, e.g. band.")
 @with_cluster_options
 @click.option("--checkpoint-every", type=int, default=10, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in OUTPUT.")
@@ -182,6 +185,9 @@ def fit(
     alpha_h,
     l1_ratio,
     array_name,
+    variable,
+    sample_dims,
+    feature_dims,
     scheduler,
     n_workers,
     threads_per_worker,
@@ -196,6 +202,12 @@ def fit(
     """Factorize INPUT (a zarr store or URL) into W and H, written to OUTPUT."""
     from . import driver, persistence
 
+    xr_opts = {
+        "variable": variable,
+        "sample_dims": _split(sample_dims),
+        "feature_dims": _split(feature_dims),
+    }
+
     if alpha_h != "same":
         try:
             alpha_h = float(alpha_h)
@@ -209,7 +221,9 @@ def fit(
     if resume and not exists:
         raise Abort(f"cannot resume: {output} does not exist")
     # Cheap checks of the store (exists, is an array) before any cluster starts.
-    _fail_on_input_errors(driver.input_matrix, input_, block_rows, array=array_name, dtype=dtype)
+    _fail_on_input_errors(
+        driver.input_matrix, input_, block_rows, array=array_name, dtype=dtype, **xr_opts
+    )
     start = 0
     if resume:
         with contextlib.suppress(Exception):
@@ -240,6 +254,7 @@ def fit(
                 overwrite=overwrite,
                 array=array_name,
                 dtype=dtype,
+                **xr_opts,
                 on_checkpoint=lambda it, path: progress.log(
                     f"checkpoint: iteration {it} -> {path}"
                 ),
@@ -400,6 +415,11 @@ def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
             f"loss never increased: {monotone}; relative error "
             f"{res.reconstruction_err / math.sqrt(2 * _norm2(data) / 2):.4f}; result in {out}"
         )
+
+
+def _split(dims: str | None) -> tuple[str, ...] | None:
+    """``"y,x"`` -> ``("y", "x")``."""
+    return None if dims is None else tuple(d.strip() for d in dims.split(",") if d.strip())
 
 
 def _norm2(path: str) -> float:

@@ -33,7 +33,14 @@ from dask.delayed import Delayed
 
 from . import kernels, persistence
 from .init import custom_init, nndsvd_init, random_init, resolve_init
-from .io import InputError, InputMatrix, block_sources, check_stats, open_input
+from .io import (
+    InputError,
+    InputMatrix,
+    block_sources,
+    check_stats,
+    label_results,
+    open_input,
+)
 from .persistence import NMFResult
 
 #: Accepted spellings of the two costs, mapped to the beta of the beta-divergence.
@@ -356,6 +363,9 @@ def factorize(
     dtype: Any = None,
     storage_options: dict | None = None,
     on_checkpoint: Callable[[int, Any], Any] | None = None,
+    variable: str | None = None,
+    sample_dims: Any = None,
+    feature_dims: Any = None,
 ) -> NMFResult:
     """Factorize a non-negative matrix V ~= W H with Lee & Seung's multiplicative updates.
 
@@ -417,6 +427,11 @@ def factorize(
         fsspec options for URLs of V and of the checkpoint.
     on_checkpoint : callable, optional
         ``on_checkpoint(iteration, path)`` after each complete checkpoint.
+    variable, sample_dims, feature_dims : optional
+        For xarray input (a DataArray, a Dataset, or a zarr store opened with
+        xarray when one of these is given): the variable, and the dimensions
+        stacked into samples (rows) and features (columns).  W and H then come
+        back as DataArrays with V's coordinates and a ``component`` dimension.
 
     Returns
     -------
@@ -446,6 +461,9 @@ def factorize(
         dtype=dtype,
         storage_options=storage_options,
         parallelism=runner.parallelism,
+        variable=variable,
+        sample_dims=sample_dims,
+        feature_dims=feature_dims,
     )
     m, n = Vin.shape
     k = int(n_components)
@@ -639,9 +657,10 @@ def factorize(
         ],
         axis=0,
     )
+    W, H_out = label_results(W, H, Vin.labels)
     result = NMFResult(
         W=W,
-        H=H,
+        H=H_out,
         loss_history=[float(x) for x in losses],
         n_iter=t,
         converged=converged,
@@ -757,4 +776,5 @@ def transform(
         )
         for s, (a, b) in zip(sources, Vin.bounds)
     ]
-    return da.concatenate(blocks, axis=0)
+    W = da.concatenate(blocks, axis=0)
+    return label_results(W, H, Vin.labels)[0]

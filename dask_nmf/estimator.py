@@ -162,8 +162,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        self.components_ = res.H
-        self.n_components_ = res.H.shape[0]
+        self.components_ = np.asarray(res.H)
+        self.n_components_ = self.components_.shape[0]
         self.n_iter_ = res.n_iter
         self.reconstruction_err_ = res.reconstruction_err
         self.loss_history_ = res.loss_history

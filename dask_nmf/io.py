@@ -9,6 +9,7 @@ never loaded whole and never written.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,9 @@ class InputMatrix:
         The NumPy V, when V was given in memory.
     source
         A description of where V came from (path, chunks), kept with results.
+    labels
+        For xarray input: the sample and feature dimensions and coordinates,
+        with which results are labelled (see :func:`label_results`).
     """
 
     shape: tuple[int, int]
@@ -50,6 +54,7 @@ class InputMatrix:
     array: da.Array | None = None
     numpy: np.ndarray | None = None
     source: dict = field(default_factory=dict)
+    labels: dict | None = None
 
     @property
     def block_rows(self) -> int:
@@ -134,6 +139,9 @@ def open_input(
     dtype: Any = None,
     storage_options: dict | None = None,
     parallelism: int = 1,
+    variable: str | None = None,
+    sample_dims: Any = None,
+    feature_dims: Any = None,
 ) -> InputMatrix:
     """Turn V into an :class:`InputMatrix` (no values are read here).
 
@@ -151,15 +159,27 @@ def open_input(
         Passed to fsspec for URLs.
     parallelism : int
         Worker threads available; the default ``block_rows`` gives each two blocks.
+    variable : str, optional
+        The variable of an xarray Dataset (or of a zarr store opened with xarray).
+    sample_dims, feature_dims : str or sequence of str, optional
+        For xarray input: the dimensions stacked into rows (samples) and columns
+        (features).  A 2-D DataArray defaults to (first, second).
     """
     source: dict = {"kind": type(V).__name__}
+    labels = None
+    if isinstance(V, (str, os.PathLike)) and (variable is not None or sample_dims is not None):
+        source = {"kind": "xarray-zarr", "path": os.fspath(V), "variable": variable}
+        V = _open_xarray_zarr(V, storage_options)
+    if _is_xarray(V):
+        V, labels = _from_xarray(V, variable, sample_dims, feature_dims)
+        source.update(labels["describe"])
+    elif variable is not None or sample_dims is not None or feature_dims is not None:
+        raise InputError("variable=, sample_dims= and feature_dims= apply to xarray input only")
     if isinstance(V, (str, os.PathLike)):
         source = {"kind": "zarr", "path": os.fspath(V), "array": array}
         V = open_zarr_array(V, array, storage_options)
     elif array is not None:
         raise InputError("array= only applies when V is a path to a zarr group")
-    elif hasattr(V, "dims") and hasattr(V, "data"):  # xarray.DataArray
-        V = V.data
 
     if isinstance(V, zarr.Array):
         source.setdefault("kind", "zarr")
@@ -198,7 +218,7 @@ def open_input(
 
     if isinstance(V, np.ndarray):
         arr = V if V.dtype == compute_dtype else V.astype(compute_dtype)
-        return InputMatrix((m, n), compute_dtype, bounds, numpy=arr, source=source)
+        return InputMatrix((m, n), compute_dtype, bounds, numpy=arr, source=source, labels=labels)
     if isinstance(V, zarr.Array):
         # Reads each row block straight from the store, whatever its chunking.
         arr = da.from_zarr(V, chunks=chunks)
@@ -206,7 +226,102 @@ def open_input(
         arr = V.rechunk(chunks) if V.chunks != chunks else V
     if arr.dtype != compute_dtype:
         arr = arr.astype(compute_dtype)
-    return InputMatrix((m, n), compute_dtype, bounds, array=arr, source=source)
+    return InputMatrix((m, n), compute_dtype, bounds, array=arr, source=source, labels=labels)
+
+
+def _is_xarray(V: Any) -> bool:
+    return type(V).__module__.startswith("xarray.") and hasattr(V, "dims")
+
+
+def _open_xarray_zarr(path: Any, storage_options: dict | None):
+    try:
+        import xarray as xr
+    except ImportError as exc:  # pragma: no cover - xarray is in the "xarray" extra
+        raise InputError(
+            "variable=/sample_dims= need xarray: pip install 'dask_nmf[xarray]'"
+        ) from exc
+    spath = os.fspath(path)
+    if "://" not in spath and not os.path.exists(spath):
+        raise InputError(f"no zarr store at {spath!r}: the path does not exist")
+    try:
+        with warnings.catch_warnings():
+            # unconsolidated stores are fine here: we read one variable's metadata
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return xr.open_zarr(spath, storage_options=storage_options)
+    except Exception as exc:
+        raise InputError(f"cannot open {spath!r} with xarray: {exc}") from exc
+
+
+def _dims(x: Any) -> tuple:
+    if x is None:
+        return ()
+    return (x,) if isinstance(x, str) else tuple(x)
+
+
+def _from_xarray(V: Any, variable, sample_dims, feature_dims):
+    """A 2-D (samples x features) array from an xarray object, and its labels."""
+    import xarray as xr
+
+    if isinstance(V, xr.Dataset):
+        names = list(V.data_vars)
+        if variable is None:
+            if len(names) != 1:
+                raise InputError(f"the Dataset has variables {names}; say which one with variable=")
+            variable = names[0]
+        if variable not in V.data_vars:
+            raise InputError(f"the Dataset has no variable {variable!r} (it has {names})")
+        V = V[variable]
+    elif variable is not None:
+        raise InputError("variable= applies to a Dataset, not a DataArray")
+    samples, features = _dims(sample_dims), _dims(feature_dims)
+    if not samples and not features:
+        if V.ndim != 2:
+            raise InputError(
+                f"V has dims {V.dims}; say which are samples and which features "
+                "(sample_dims=, feature_dims=)"
+            )
+        samples, features = (V.dims[0],), (V.dims[1],)
+    elif not samples:
+        samples = tuple(d for d in V.dims if d not in features)
+    elif not features:
+        features = tuple(d for d in V.dims if d not in samples)
+    unknown = [d for d in samples + features if d not in V.dims]
+    if unknown:
+        raise InputError(f"V has no dimension(s) {unknown}; its dims are {V.dims}")
+    if sorted(samples + features) != sorted(V.dims):
+        raise InputError(
+            f"sample_dims {samples} and feature_dims {features} must split V's dims {V.dims}"
+        )
+    if len(samples) == 1 and len(features) == 1:
+        sdim, fdim = samples[0], features[0]
+        V2 = V.transpose(sdim, fdim)
+    else:
+        sdim, fdim = "sample", "feature"
+        V2 = V.stack(sample=samples, feature=features).transpose(sdim, fdim)
+    labels = {
+        "sample_dim": sdim,
+        "feature_dim": fdim,
+        "sample_coords": V2[sdim].coords,
+        "feature_coords": V2[fdim].coords,
+        "describe": {
+            "xarray_name": V.name if isinstance(V.name, str) else None,
+            "sample_dims": list(samples),
+            "feature_dims": list(features),
+        },
+    }
+    return V2.data, labels
+
+
+def label_results(W: Any, H: np.ndarray, labels: dict | None):
+    """W and H as xarray DataArrays with V's coordinates (``W.unstack()`` gives maps)."""
+    if not labels:
+        return W, H
+    import xarray as xr
+
+    sdim, fdim = labels["sample_dim"], labels["feature_dim"]
+    Wx = xr.DataArray(W, dims=(sdim, "component"), coords=labels["sample_coords"])
+    Hx = xr.DataArray(H, dims=("component", fdim), coords=labels["feature_coords"])
+    return Wx, Hx
 
 
 def block_sources(V: InputMatrix) -> list:

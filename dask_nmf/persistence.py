@@ -203,13 +203,14 @@ class NMFResult:
 
         W is stored from the workers block by block, never gathered here.
         """
-        block_rows = int(self.W.chunks[0][0])
+        W_raw, H_raw = _unlabelled(self.W), np.asarray(self.H)
+        block_rows = int(W_raw.chunks[0][0])
         meta = {"params": self.params, "input": self.source, "beta_loss": self.beta_loss}
         create_store(
             path,
-            (self.W.shape[0], self.H.shape[1]),
-            self.H.shape[0],
-            self.H.dtype,
+            (W_raw.shape[0], H_raw.shape[1]),
+            H_raw.shape[0],
+            H_raw.dtype,
             block_rows,
             meta,
             overwrite=overwrite,
@@ -217,9 +218,9 @@ class NMFResult:
         )
         slot = SLOTS[0]
         target = zarr.open_array(path, path=f"{slot}/W", mode="r+", storage_options=storage_options)
-        W = self.W.rechunk((block_rows, self.W.shape[1]))
+        W = W_raw.rechunk((block_rows, W_raw.shape[1]))
         da.store(W, target, lock=False)
-        commit_state(path, slot, self.H, self._state(finished=True), storage_options)
+        commit_state(path, slot, H_raw, self._state(finished=True), storage_options)
 
     def _state(self, finished: bool) -> dict:
         return {
@@ -229,6 +230,11 @@ class NMFResult:
             "converged": bool(self.converged),
             "finished": bool(finished),
         }
+
+
+def _unlabelled(x: Any) -> Any:
+    """The array inside an xarray DataArray (or x itself)."""
+    return x.data if type(x).__module__.startswith("xarray.") else x
 
 
 def load(path: Any, storage_options: dict | None = None) -> NMFResult:
