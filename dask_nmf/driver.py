@@ -29,6 +29,7 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+import scipy.sparse as sp
 from dask.delayed import Delayed
 
 from . import kernels, persistence
@@ -181,7 +182,7 @@ class Runner:
 
     def place(self, arrays: list) -> list:
         """Handles for in-memory arrays (scattered once to the cluster)."""
-        if self.distributed and arrays and isinstance(arrays[0], np.ndarray):
+        if self.distributed and arrays and _in_memory(arrays[0]):
             return self.client.scatter(arrays, hash=False)
         return arrays
 
@@ -203,11 +204,15 @@ class Runner:
         return 0.25 * float(psutil.virtual_memory().available)
 
 
+def _in_memory(x: Any) -> bool:
+    return isinstance(x, np.ndarray) or sp.issparse(x)
+
+
 def _delayed(x: Any, name: str | None = None):
     """A Delayed standing for a handle, a Delayed or an array (no hashing of data)."""
     if isinstance(x, Delayed):
         return x
-    if isinstance(x, np.ndarray):
+    if _in_memory(x):
         return dask.delayed(x, name=name or f"nmf-data-{uuid.uuid4().hex}")
     return dask.delayed(x)
 

@@ -15,7 +15,7 @@ import dask.array as da
 import numpy as np
 from sklearn.utils import check_random_state
 
-from .io import InputError, InputMatrix, check_factor
+from .io import InputError, InputMatrix, as_dask_array, check_factor
 
 INITS = ("random", "nndsvd", "nndsvda", "nndsvdar", "custom")
 #: scikit-learn zeroes NNDSVD entries below this before filling them.
@@ -113,10 +113,7 @@ def nndsvd_init(
     W is made.
     """
     rng = check_random_state(random_state)
-    Vd = V.array
-    if Vd is None:
-        chunks = (tuple(b - a for a, b in V.bounds), (V.shape[1],))
-        Vd = da.from_array(V.numpy, chunks=chunks)
+    Vd = as_dask_array(V)
     U, S, Vt = da.linalg.svd_compressed(Vd, k, n_power_iter=2, seed=int(rng.randint(0, 2**31 - 1)))
     U = U.rechunk((Vd.chunks[0], (k,)))
     persist = runner.persist if runner is not None else dask.persist

@@ -38,9 +38,11 @@ class InputMatrix:
         ``(start, stop)`` of each row block.
     array
         V as a dask array chunked by exactly these row blocks (for dask and zarr
-        input), or ``None`` for an in-memory NumPy V.
-    numpy
-        The NumPy V, when V was given in memory.
+        input), or ``None`` for an in-memory V.
+    local
+        V itself when it was given in memory: a NumPy array or a SciPy CSR matrix.
+    sparse
+        Whether V's blocks are sparse (CSR); the kernels then never densify them.
     source
         A description of where V came from (path, chunks), kept with results.
     labels
@@ -52,9 +54,11 @@ class InputMatrix:
     dtype: np.dtype
     bounds: list[tuple[int, int]]
     array: da.Array | None = None
-    numpy: np.ndarray | None = None
+    local: Any = None
     source: dict = field(default_factory=dict)
     labels: dict | None = None
+    sparse: bool = False
+    stored_bytes: int | None = None
 
     @property
     def block_rows(self) -> int:
@@ -62,6 +66,9 @@ class InputMatrix:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of V in memory (values and indices for sparse V, when known)."""
+        if self.stored_bytes is not None:
+            return self.stored_bytes
         return int(np.prod(self.shape)) * self.dtype.itemsize
 
 
@@ -74,7 +81,12 @@ def _float_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def default_block_rows(
-    n_rows: int, n_cols: int, dtype: np.dtype, row_chunk: int | None = None, parallelism: int = 1
+    n_rows: int,
+    n_cols: int,
+    dtype: np.dtype,
+    row_chunk: int | None = None,
+    parallelism: int = 1,
+    row_bytes: int | None = None,
 ) -> int:
     """Rows per block: at most dask's ``array.chunk-size``, and enough blocks to
     keep every worker thread busy (two per thread).
@@ -83,7 +95,9 @@ def default_block_rows(
     stored chunk is split between two blocks (and decompressed twice).
     """
     target = parse_bytes(dask.config.get("array.chunk-size"))
-    rows = max(1, target // max(1, n_cols * np.dtype(dtype).itemsize))
+    if row_bytes is None:
+        row_bytes = n_cols * np.dtype(dtype).itemsize
+    rows = max(1, target // max(1, row_bytes))
     rows = min(rows, max(1, -(-n_rows // (2 * max(1, parallelism)))))
     if row_chunk and rows > row_chunk:
         rows = (rows // row_chunk) * row_chunk
@@ -95,10 +109,62 @@ def row_bounds(n_rows: int, block_rows: int) -> list[tuple[int, int]]:
     return [(s, min(s + block_rows, n_rows)) for s in range(0, n_rows, block_rows)]
 
 
+@dataclass(frozen=True)
+class ZarrCSR:
+    """A CSR matrix stored in zarr the way AnnData stores ``X``.
+
+    A group with arrays ``data``, ``indices``, ``indptr`` and the attributes
+    ``encoding-type: csr_matrix`` and ``shape``.  Row blocks are read through
+    ``indptr`` without ever densifying V.
+    """
+
+    path: Any
+    group: str
+    shape: tuple[int, int]
+    dtype: np.dtype
+    nnz: int
+    storage_options: dict | None = None
+
+    def read_rows(self, start: int, stop: int):
+        """Rows ``start:stop`` as a SciPy CSR matrix (runs on a worker)."""
+        return read_csr_rows(
+            self.path, self.group, start, stop, self.shape[1], self.storage_options
+        )
+
+
+def read_csr_rows(path, group, start, stop, n_cols, storage_options=None):
+    """Rows ``start:stop`` of a zarr CSR group as a SciPy CSR matrix."""
+    import scipy.sparse as sp
+
+    g = zarr.open_group(path, path=group, mode="r", storage_options=storage_options)
+    indptr = g["indptr"][start : stop + 1].astype(np.int64)
+    lo, hi = int(indptr[0]), int(indptr[-1])
+    return sp.csr_matrix(
+        (g["data"][lo:hi], g["indices"][lo:hi], indptr - lo), shape=(stop - start, n_cols)
+    )
+
+
+def _csr_group(node: zarr.Group, path: Any, group: str, storage_options) -> ZarrCSR | None:
+    kind = node.attrs.get("encoding-type")
+    if kind is None:
+        return None
+    if kind != "csr_matrix":
+        raise InputError(
+            f"{path!r} holds a {kind}; row blocks need csr_matrix (convert it with .tocsr())"
+        )
+    shape = tuple(int(x) for x in node.attrs["shape"])
+    data = node["data"]
+    return ZarrCSR(path, group, shape, np.dtype(data.dtype), int(data.shape[0]), storage_options)
+
+
 def open_zarr_array(
     path: Any, array: str | None = None, storage_options: dict | None = None
-) -> zarr.Array:
-    """Open a zarr array read-only from a path/URL (or a group and array name)."""
+) -> zarr.Array | ZarrCSR:
+    """Open a zarr array read-only from a path/URL (or a group and array name).
+
+    A group in AnnData's CSR encoding (``encoding-type: csr_matrix``) is
+    returned as a :class:`ZarrCSR`.
+    """
     if isinstance(path, (str, os.PathLike)):
         spath = os.fspath(path)
         if "://" not in spath and not os.path.exists(spath):
@@ -110,6 +176,11 @@ def open_zarr_array(
     except Exception as exc:  # zarr raises several types for "not a store"
         raise InputError(f"cannot open {path!r} as a zarr store: {exc}") from exc
     if isinstance(node, zarr.Group):
+        csr = _csr_group(node, path, "", storage_options)
+        if csr is not None:
+            if array is not None:
+                raise InputError(f"{path!r} is a CSR matrix; it has no array {array!r}")
+            return csr
         if array is None:
             names = sorted(node.array_keys())
             if len(names) == 1:
@@ -124,11 +195,23 @@ def open_zarr_array(
             raise InputError(
                 f"the zarr group {path!r} has no array {array!r} (it has {sorted(node.array_keys())})"
             ) from None
-        if not isinstance(node, zarr.Array):
-            raise InputError(f"{array!r} in {path!r} is a group, not an array")
+        if isinstance(node, zarr.Group):
+            csr = _csr_group(node, path, array, storage_options)
+            if csr is None:
+                raise InputError(f"{array!r} in {path!r} is a group, not an array")
+            return csr
     elif array is not None:
         raise InputError(f"{path!r} is a zarr array, not a group; it has no array {array!r}")
     return node
+
+
+def _is_sparse_array(V: Any) -> bool:
+    import scipy.sparse as sp
+
+    if sp.issparse(V):
+        return True
+    meta = getattr(V, "_meta", None)
+    return meta is not None and (sp.issparse(meta) or hasattr(meta, "to_scipy_sparse"))
 
 
 def open_input(
@@ -181,22 +264,33 @@ def open_input(
     elif array is not None:
         raise InputError("array= only applies when V is a path to a zarr group")
 
+    import scipy.sparse as sp
+
+    sparse = _is_sparse_array(V) or isinstance(V, ZarrCSR)
     if isinstance(V, zarr.Array):
         source.setdefault("kind", "zarr")
         source.update(shape=list(V.shape), dtype=str(V.dtype), chunks=list(V.chunks))
+    elif isinstance(V, ZarrCSR):
+        source.update(kind="zarr-csr", group=V.group, nnz=V.nnz)
     elif isinstance(V, da.Array):
         source.update(shape=list(V.shape), dtype=str(V.dtype))
+    elif sp.issparse(V):
+        V = V.tocsr()
+        source = {"kind": "scipy.sparse", "nnz": int(V.nnz)}
     elif not isinstance(V, np.ndarray):
-        if hasattr(V, "toarray") or type(V).__module__.startswith("scipy.sparse"):
-            raise InputError("sparse V is not supported yet; pass a dense array")
+        if hasattr(V, "to_scipy_sparse"):  # pydata sparse in memory
+            V = V.to_scipy_sparse().tocsr()
+            return open_input(V, block_rows, dtype=dtype, parallelism=parallelism)
         try:
             V = np.asarray(V)
         except Exception as exc:
             raise InputError(f"cannot use an object of type {type(V).__name__} as V") from exc
         source = {"kind": "ndarray"}
 
-    if V.ndim != 2:
-        raise InputError(f"V must be 2-D (samples x features); got {V.ndim}-D of shape {V.shape}")
+    if len(V.shape) != 2:
+        raise InputError(
+            f"V must be 2-D (samples x features); got {len(V.shape)}-D of shape {V.shape}"
+        )
     m, n = (int(s) for s in V.shape)
     if m == 0 or n == 0:
         raise InputError(f"V is empty (shape {V.shape})")
@@ -206,8 +300,12 @@ def open_input(
         row_chunk = int(V.chunks[0])
     elif isinstance(V, da.Array):
         row_chunk = int(max(V.chunks[0]))
+    nnz = V.nnz if isinstance(V, ZarrCSR) or sp.issparse(V) else None
+    # A sparse row costs its non-zeros (value + column index), not n values.
+    row_bytes = None if nnz is None else max(1, nnz // m) * (compute_dtype.itemsize + 4)
+    stored = None if nnz is None else nnz * (compute_dtype.itemsize + 4) + 8 * (m + 1)
     if block_rows is None:
-        block_rows = default_block_rows(m, n, compute_dtype, row_chunk, parallelism)
+        block_rows = default_block_rows(m, n, compute_dtype, row_chunk, parallelism, row_bytes)
     elif not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
         raise InputError(f"block_rows must be a positive integer; got {block_rows!r}")
     block_rows = int(min(block_rows, m))
@@ -216,17 +314,28 @@ def open_input(
     bounds = row_bounds(m, block_rows)
     chunks = (tuple(b - a for a, b in bounds), (n,))
 
-    if isinstance(V, np.ndarray):
+    common = dict(source=source, labels=labels, sparse=sparse, stored_bytes=stored)
+    if isinstance(V, np.ndarray) or sp.issparse(V):
         arr = V if V.dtype == compute_dtype else V.astype(compute_dtype)
-        return InputMatrix((m, n), compute_dtype, bounds, numpy=arr, source=source, labels=labels)
-    if isinstance(V, zarr.Array):
+        return InputMatrix((m, n), compute_dtype, bounds, local=arr, **common)
+    if isinstance(V, ZarrCSR):
+        meta = sp.csr_matrix((0, 0), dtype=V.dtype)
+        arr = da.concatenate(
+            [
+                da.from_delayed(
+                    dask.delayed(V.read_rows, pure=True)(a, b), (b - a, n), V.dtype, meta=meta
+                )
+                for a, b in bounds
+            ]
+        )
+    elif isinstance(V, zarr.Array):
         # Reads each row block straight from the store, whatever its chunking.
         arr = da.from_zarr(V, chunks=chunks)
     else:
         arr = V.rechunk(chunks) if V.chunks != chunks else V
     if arr.dtype != compute_dtype:
         arr = arr.astype(compute_dtype)
-    return InputMatrix((m, n), compute_dtype, bounds, array=arr, source=source, labels=labels)
+    return InputMatrix((m, n), compute_dtype, bounds, array=arr, **common)
 
 
 def _is_xarray(V: Any) -> bool:
@@ -324,10 +433,23 @@ def label_results(W: Any, H: np.ndarray, labels: dict | None):
     return Wx, Hx
 
 
+def as_dask_array(V: InputMatrix) -> da.Array:
+    """V as a dask array chunked by its row blocks (wrapping in-memory V once)."""
+    if V.array is not None:
+        return V.array
+    meta = V.local[:0]
+    return da.concatenate(
+        [
+            da.from_delayed(dask.delayed(block), block.shape, V.dtype, meta=meta)
+            for block in block_sources(V)
+        ]
+    )
+
+
 def block_sources(V: InputMatrix) -> list:
     """One dask ``Delayed`` (or in-memory array) per row block of V."""
-    if V.numpy is not None:
-        return [V.numpy[a:b] for a, b in V.bounds]
+    if V.local is not None:
+        return [V.local[a:b] for a, b in V.bounds]
     return list(V.array.to_delayed().ravel())
 
 

@@ -19,6 +19,7 @@ iteration instead of twice.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.special import xlogy
 
 #: Guard used by scikit-learn for denominators and for W·H in the KL update.
@@ -29,6 +30,22 @@ H_FLOOR = float(np.finfo(np.float64).eps)
 #: Bytes of V processed together inside a block; a few MiB keeps a sub-block of
 #: V (and W·H for KL) in the last-level cache while both products use it.
 SUB_BLOCK_BYTES = 4 * 2**20
+
+
+def as_block(V):
+    """A dense block as an ndarray; a sparse one (scipy.sparse, pydata sparse) as CSR."""
+    if sp.issparse(V):
+        return V.tocsr()
+    if hasattr(V, "to_scipy_sparse"):  # pydata sparse COO / GCXS
+        return V.to_scipy_sparse().tocsr()
+    return np.asarray(V)
+
+
+def _row_bytes(V) -> int:
+    """Bytes per row that the kernels stream (for sizing sub-blocks)."""
+    if sp.issparse(V):
+        return max(1, V.nnz // max(1, V.shape[0])) * (V.dtype.itemsize + 4)
+    return V.shape[1] * V.dtype.itemsize
 
 
 def _sub_blocks(n_rows: int, row_bytes: int, sub_bytes: int = SUB_BLOCK_BYTES):
@@ -68,12 +85,28 @@ def frobenius_w_update(
     return W * _safe_ratio(numerator, denominator)
 
 
-def _kl_ratio(V: np.ndarray, W: np.ndarray, H: np.ndarray) -> np.ndarray:
-    """``V / (W H)`` with W·H floored at EPSILON (scikit-learn's guard)."""
+def _kl_ratio(V, W: np.ndarray, H: np.ndarray):
+    """``V / (W H)`` with W·H floored at EPSILON (scikit-learn's guard).
+
+    For a sparse V, W·H is computed only where V is non-zero (elsewhere the
+    ratio is 0 anyway), and the result is sparse with V's pattern.
+    """
+    if sp.issparse(V):
+        rows = np.repeat(np.arange(V.shape[0]), np.diff(V.indptr))
+        WH = np.einsum("ij,ji->i", W[rows], H[:, V.indices])
+        WH[WH < EPSILON] = EPSILON
+        return sp.csr_matrix((V.data / WH, V.indices, V.indptr), shape=V.shape)
     WH = W @ H
     WH[WH < EPSILON] = EPSILON
     np.divide(V, WH, out=WH)
     return WH
+
+
+def _vlogr(V, ratio) -> float:
+    """``sum V log(V / WH)`` given ``ratio = V / WH`` (0 log 0 = 0)."""
+    if sp.issparse(V):
+        return float(xlogy(V.data, ratio.data).sum(dtype=np.float64))
+    return float(xlogy(V, ratio).sum(dtype=np.float64))
 
 
 def kl_w_update(
@@ -120,7 +153,7 @@ def frobenius_block_step(
     the *incoming* W (``"A0"``, ``"B0"``) are added, from which the driver gets
     the loss at the starting point without another pass over V.
     """
-    V = np.asarray(V)
+    V = as_block(V)
     k, n = H.shape
     W_new = np.empty_like(W)
     A = np.zeros((k, n), dtype=W.dtype)
@@ -128,7 +161,7 @@ def frobenius_block_step(
     if initial_loss:
         A0 = np.zeros((k, n), dtype=W.dtype)
         B0 = np.zeros((k, k), dtype=W.dtype)
-    for rows in _sub_blocks(V.shape[0], n * V.dtype.itemsize):
+    for rows in _sub_blocks(V.shape[0], _row_bytes(V)):
         Vs, Ws = V[rows], W[rows]
         Wn = frobenius_w_update(Vs, Ws, H, HHt, l1, l2)
         W_new[rows] = Wn
@@ -158,16 +191,16 @@ def kl_block_step(
     column sums of W.  The KL update needs W·H anyway, so the loss of the state
     this step starts from costs nothing extra.
     """
-    V = np.asarray(V)
+    V = as_block(V)
     k, n = H.shape
     H_sum = H.sum(axis=1)
     W_new = np.empty_like(W)
     A = np.zeros((k, n), dtype=W.dtype)
     vlogr = 0.0
-    for rows in _sub_blocks(V.shape[0], n * V.dtype.itemsize):
+    for rows in _sub_blocks(V.shape[0], _row_bytes(V)):
         Vs, Ws = V[rows], W[rows]
         ratio = _kl_ratio(Vs, Ws, H)
-        vlogr += float(xlogy(Vs, ratio).sum(dtype=np.float64))
+        vlogr += _vlogr(Vs, ratio)
         Wn = kl_w_update(Vs, Ws, H, H_sum, l1, l2, ratio=ratio)
         W_new[rows] = Wn
         A += Wn.T @ _kl_ratio(Vs, Wn, H)
@@ -182,17 +215,16 @@ def kl_block_step(
 
 def kl_loss_terms(V: np.ndarray, W: np.ndarray, H: np.ndarray) -> dict:
     """The per-block terms of D(V || WH) (see :func:`kl_divergence`)."""
-    V = np.asarray(V)
+    V = as_block(V)
     vlogr = 0.0
-    for rows in _sub_blocks(V.shape[0], H.shape[1] * V.dtype.itemsize):
-        ratio = _kl_ratio(V[rows], W[rows], H)
-        vlogr += float(xlogy(V[rows], ratio).sum(dtype=np.float64))
+    for rows in _sub_blocks(V.shape[0], _row_bytes(V)):
+        vlogr += _vlogr(V[rows], _kl_ratio(V[rows], W[rows], H))
     return {"vlogr": vlogr, "w0_sum": W.sum(axis=0, dtype=np.float64)}
 
 
 def frobenius_loss_terms(V: np.ndarray, W: np.ndarray) -> dict:
     """The per-block sums ``W^T V`` and ``W^T W`` of the Frobenius loss."""
-    V = np.asarray(V)
+    V = as_block(V)
     return {"A0": W.T @ V, "B0": W.T @ W}
 
 
@@ -254,21 +286,31 @@ def kl_divergence(v_sum: float, vlogr: float, w_sum: np.ndarray, H: np.ndarray) 
     return max(vlogr - v_sum + wh_sum, 0.0)
 
 
-def block_stats(V: np.ndarray) -> dict:
+def block_stats(V) -> dict:
     """Statistics of one block for validation and set-up, in one read.
 
-    ``min``, ``finite`` (all finite), ``sum`` and ``sumsq`` (float64).
+    ``min``, ``finite`` (all finite), ``sum`` and ``sumsq`` (float64).  For a
+    sparse block they come from the stored values (and the implicit zeros).
     """
-    V = np.asarray(V)
-    if V.size == 0:
+    V = as_block(V)
+    if V.shape[0] * V.shape[1] == 0:
         return {"min": np.inf, "finite": True, "sum": 0.0, "sumsq": 0.0}
-    finite = bool(np.isfinite(V).all())
-    V64 = V.astype(np.float64, copy=False)
+    values = V.data if sp.issparse(V) else V
+    finite = bool(np.isfinite(values).all())
+    if values.size == 0:
+        vmin = 0.0
+    elif finite:
+        vmin = float(values.min())
+    else:
+        vmin = float(np.nanmin(np.where(np.isfinite(values), values, np.inf)))
+    if sp.issparse(V) and V.nnz < V.shape[0] * V.shape[1]:
+        vmin = min(vmin, 0.0)
+    v64 = values.astype(np.float64, copy=False).ravel()
     return {
-        "min": float(V.min()) if finite else float(np.nanmin(np.where(np.isfinite(V), V, np.inf))),
+        "min": vmin,
         "finite": finite,
-        "sum": float(V64.sum()),
-        "sumsq": float(np.vdot(V64, V64)) if finite else np.nan,
+        "sum": float(v64.sum()),
+        "sumsq": float(np.dot(v64, v64)) if finite else np.nan,
     }
 
 
@@ -306,7 +348,7 @@ def transform_block(
     ``sqrt(mean(V) / k)``); the stopping rule is scikit-learn's, checked every
     10 iterations on this block's own error, so blocks never wait for each other.
     """
-    V = np.asarray(V)
+    V = as_block(V)
     k = H.shape[0]
     W = np.full((V.shape[0], k), w_start, dtype=H.dtype)
     if V.shape[0] == 0:
@@ -317,8 +359,12 @@ def transform_block(
     else:
         H_sum = H.sum(axis=1)
 
+    norm_v2 = block_stats(V)["sumsq"] if beta == 2 else 0.0
+
     def error(W):
         if beta == 2:
+            if sp.issparse(V):  # never densify V: expand the square instead
+                return np.sqrt(2 * frobenius_loss(norm_v2, W.T @ V, W.T @ W, H))
             R = V - W @ H
             return np.sqrt(float(np.vdot(R, R)))
         terms = kl_loss_terms(V, W, H)
