@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.special import xlogy
 
 #: Guard used by scikit-learn for denominators and for W·H in the KL update.
 EPSILON = float(np.finfo(np.float32).eps)
@@ -103,10 +102,17 @@ def _kl_ratio(V, W: np.ndarray, H: np.ndarray):
 
 
 def _vlogr(V, ratio) -> float:
-    """``sum V log(V / WH)`` given ``ratio = V / WH`` (0 log 0 = 0)."""
+    """``sum V log(V / WH)`` given ``ratio = V / WH`` (0 log 0 = 0).
+
+    ``ratio`` is 0 exactly where V is (W·H is floored above 0), so the log is
+    taken only there; a masked ``np.log`` and a dot product are several times
+    faster than ``scipy.special.xlogy``.
+    """
     if sp.issparse(V):
-        return float(xlogy(V.data, ratio.data).sum(dtype=np.float64))
-    return float(xlogy(V, ratio).sum(dtype=np.float64))
+        V, ratio = V.data, ratio.data
+    log_ratio = np.zeros_like(ratio)
+    np.log(ratio, out=log_ratio, where=ratio > 0)
+    return float(np.dot(V.ravel(), log_ratio.ravel()))
 
 
 def kl_w_update(
