@@ -23,6 +23,7 @@ import os
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -473,20 +474,18 @@ def factorize(
     m, n = Vin.shape
     k = int(n_components)
     init = resolve_init(init, k, Vin.shape)
+    custom = None
     if init == "custom" and not resume:
         if W_init is None or H_init is None:
             raise InputError("init='custom' needs both W_init and H_init")
+        custom = custom_init(Vin, k, W_init, H_init)  # validated before V is read
     elif W_init is not None or H_init is not None:
-        import warnings
-
         warnings.warn(
             f"init={init!r}: the W_init/H_init given are ignored (use init='custom')",
             UserWarning,
             stacklevel=2,
         )
     if init == "nndsvd":
-        import warnings
-
         warnings.warn(
             "multiplicative updates cannot move entries that start at zero, which init='nndsvd' "
             "produces; init='nndsvda' or 'nndsvdar' usually fit better",
@@ -554,7 +553,7 @@ def factorize(
         if resume_meta is not None:
             W_h, H, losses, t = _restore(checkpoint, resume_meta, Vin, storage_options)
         else:
-            W_src, H = _initialize(init, Vin, k, stats, random_state, W_init, H_init, runner)
+            W_src, H = custom or _initialize(init, Vin, k, stats, random_state, runner)
             W_h, losses, t = runner.place(W_src), [], 0
             if store is not None:
                 persistence.create_store(
@@ -677,10 +676,8 @@ def factorize(
     return result
 
 
-def _initialize(init, Vin, k, stats, random_state, W_init, H_init, runner):
+def _initialize(init, Vin, k, stats, random_state, runner):
     mean = stats["sum"] / (Vin.shape[0] * Vin.shape[1])
-    if init == "custom":
-        return custom_init(Vin, k, W_init, H_init)
     if init == "random":
         return random_init(Vin, k, mean, random_state)
     return nndsvd_init(Vin, k, mean, init, random_state, runner)

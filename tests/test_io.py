@@ -161,3 +161,12 @@ def test_not_a_zarr_store(tmp_path):
 
 def test_input_error_is_a_value_error():
     assert issubclass(InputError, ValueError)
+
+
+def test_bad_custom_init_is_refused_before_V_is_read(tmp_path, V_small, start):
+    path = write_zarr(tmp_path / "V.zarr", V_small, (23, 17))
+    arr, store = counting_array(path)
+    W0, H0 = start
+    with pytest.raises(InputError, match="W_init has shape"):
+        dask_nmf.factorize(arr, 4, W_init=W0[:10], H_init=H0)
+    assert store.chunk_reads == 0
