@@ -218,13 +218,6 @@ def _delayed(x: Any, name: str | None = None):
     return dask.delayed(x)
 
 
-def _sum_partials(parts: list[dict]) -> dict:
-    out = parts[0]
-    for p in parts[1:]:
-        out = kernels.add_partials(out, p)
-    return out
-
-
 def tree_reduce(parts: list, combine: Callable, split_every: int = SPLIT_EVERY):
     """Combine delayed values in a tree of fan-in ``split_every``."""
     while len(parts) > 1:
@@ -246,16 +239,9 @@ def graph_size(objs: list) -> int:
 def input_stats(runner: Runner, sources: list) -> dict:
     """One pass over V: its minimum, finiteness, sum and sum of squares."""
     parts = [dask.delayed(kernels.block_stats, pure=False)(_delayed(s)) for s in sources]
-    total = tree_reduce(parts, _merge_all_stats)
+    total = tree_reduce(parts, kernels.merge_all_stats)
     (stats,) = runner.compute(total)
     return stats
-
-
-def _merge_all_stats(parts: list[dict]) -> dict:
-    out = parts[0]
-    for p in parts[1:]:
-        out = kernels.merge_stats(out, p)
-    return out
 
 
 # --------------------------------------------------------------------------
@@ -304,7 +290,7 @@ class _Fit:
                 for i, (v, w) in enumerate(zip(self.sources, W))
             ]
         new_W = [o[0] for o in outs]
-        total = tree_reduce([o[1] for o in outs], _sum_partials)
+        total = tree_reduce([o[1] for o in outs], kernels.sum_partials)
         self.graph_tasks.append(graph_size(new_W + [total]))
         return self.runner.run(new_W, total)
 
@@ -316,13 +302,13 @@ class _Fit:
                 dask.delayed(kernels.frobenius_loss_terms, pure=False)(v, w)
                 for v, w in zip(self.sources, Wd)
             ]
-            (s,) = self.runner.compute(tree_reduce(parts, _sum_partials))
+            (s,) = self.runner.compute(tree_reduce(parts, kernels.sum_partials))
             return kernels.frobenius_loss(self.norm_v2, s["A0"], s["B0"], H)
         parts = [
             dask.delayed(kernels.kl_loss_terms, pure=False)(v, w, H)
             for v, w in zip(self.sources, Wd)
         ]
-        (s,) = self.runner.compute(tree_reduce(parts, _sum_partials))
+        (s,) = self.runner.compute(tree_reduce(parts, kernels.sum_partials))
         return kernels.kl_divergence(self.v_sum, s["vlogr"], s["w0_sum"], H)
 
     def h_update(self, H: np.ndarray, s: dict) -> np.ndarray:

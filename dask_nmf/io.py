@@ -483,11 +483,4 @@ def check_factor(X: Any, shape: tuple[int, int], name: str) -> Any:
 def _dask_stats(X: da.Array):
     blocks = X.to_delayed().ravel()
     parts = [dask.delayed(kernels.block_stats)(b) for b in blocks]
-    return dask.delayed(_reduce_stats)(parts)
-
-
-def _reduce_stats(parts: list[dict]) -> dict:
-    out = parts[0]
-    for p in parts[1:]:
-        out = kernels.merge_stats(out, p)
-    return out
+    return dask.delayed(kernels.merge_all_stats)(parts)

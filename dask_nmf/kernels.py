@@ -335,6 +335,22 @@ def add_partials(a: dict, b: dict) -> dict:
     return {key: a[key] + b[key] for key in a}
 
 
+def sum_partials(parts: list[dict]) -> dict:
+    """:func:`add_partials` over a list (one node of a reduction tree)."""
+    out = parts[0]
+    for p in parts[1:]:
+        out = add_partials(out, p)
+    return out
+
+
+def merge_all_stats(parts: list[dict]) -> dict:
+    """:func:`merge_stats` over a list (one node of a reduction tree)."""
+    out = parts[0]
+    for p in parts[1:]:
+        out = merge_stats(out, p)
+    return out
+
+
 # --------------------------------------------------------------------------
 # transform: W for new rows with H fixed, entirely inside one block
 # --------------------------------------------------------------------------
