@@ -171,6 +171,11 @@ def cli() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
 @click.option("--block-rows", type=int, default=None)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
+@click.option(
+    "--keep-in-memory/--no-keep-in-memory",
+    default=None,
+    help="Keep V's decoded blocks in worker memory (default: when they fit in half of it).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or messages.")
 def fit(
     input_,
@@ -197,6 +202,7 @@ def fit(
     overwrite,
     block_rows,
     dtype,
+    keep_in_memory,
     quiet,
 ) -> None:
     """Factorize INPUT (a zarr store or URL) into W and H, written to OUTPUT."""
@@ -254,6 +260,7 @@ def fit(
                 overwrite=overwrite,
                 array=array_name,
                 dtype=dtype,
+                keep_in_memory=keep_in_memory,
                 **xr_opts,
                 on_checkpoint=lambda it, path: progress.log(
                     f"checkpoint: iteration {it} -> {path}"
