@@ -199,7 +199,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             l1_ratio=self.l1_ratio,
             block_rows=self.block_rows,
         )
-        return W.compute() if _in_memory(X) else W
+        if not _in_memory(X):
+            return W
+        with driver.Runner(driver.resolve_client(None)).blas_limits():
+            return W.compute()
 
     def inverse_transform(self, X: Any):
         """``X @ components_``: data back from W.
