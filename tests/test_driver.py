@@ -255,3 +255,27 @@ def test_nndsvd_fit_agrees_with_sklearns_own(rng, init):
     assert res.reconstruction_err == pytest.approx(model.reconstruction_err_, rel=1e-5)
     if init == "nndsvda":  # plain nndsvd keeps its zeros: MU cannot move them
         assert res.reconstruction_err / np.linalg.norm(V) < 0.02
+
+
+def test_blas_threads_shared_out_on_the_local_scheduler(V_small):
+    """dask threads x BLAS threads must not oversubscribe the cores during a fit."""
+    import os
+
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_threads()
+    seen = []
+    with dask.config.set(num_workers=2):
+        dask_nmf.factorize(
+            V_small,
+            3,
+            init="random",
+            max_iter=3,
+            callback=lambda it, loss: seen.append(blas_threads()),
+        )
+    expected = max(1, (os.cpu_count() or 1) // 2)
+    assert seen and all(t == expected for threads in seen for t in threads)
+    assert blas_threads() == before  # restored afterwards
