@@ -47,8 +47,12 @@ def _row_bytes(V) -> int:
     return V.shape[1] * V.dtype.itemsize
 
 
-def _sub_blocks(n_rows: int, row_bytes: int, sub_bytes: int = SUB_BLOCK_BYTES):
-    step = max(1, sub_bytes // max(row_bytes, 1))
+def _sub_step(row_bytes: int, sub_bytes: int | None = None) -> int:
+    return max(1, (SUB_BLOCK_BYTES if sub_bytes is None else sub_bytes) // max(row_bytes, 1))
+
+
+def _sub_blocks(n_rows: int, row_bytes: int, sub_bytes: int | None = None):
+    step = _sub_step(row_bytes, sub_bytes)
     for start in range(0, n_rows, step):
         yield slice(start, min(start + step, n_rows))
 
@@ -84,35 +88,39 @@ def frobenius_w_update(
     return W * _safe_ratio(numerator, denominator)
 
 
-def _kl_ratio(V, W: np.ndarray, H: np.ndarray):
+def _kl_ratio(V, W: np.ndarray, H: np.ndarray, out: np.ndarray | None = None):
     """``V / (W H)`` with W·H floored at EPSILON (scikit-learn's guard).
 
     For a sparse V, W·H is computed only where V is non-zero (elsewhere the
-    ratio is 0 anyway), and the result is sparse with V's pattern.
+    ratio is 0 anyway), and the result is sparse with V's pattern.  For a
+    dense V the result is written to ``out`` when given: reusing one buffer
+    per block saves the page faults of a fresh m_i x n array per sub-block.
     """
     if sp.issparse(V):
         rows = np.repeat(np.arange(V.shape[0]), np.diff(V.indptr))
         WH = np.einsum("ij,ji->i", W[rows], H[:, V.indices])
         WH[WH < EPSILON] = EPSILON
         return sp.csr_matrix((V.data / WH, V.indices, V.indptr), shape=V.shape)
-    WH = W @ H
-    WH[WH < EPSILON] = EPSILON
+    WH = np.matmul(W, H, out=out)
+    np.maximum(WH, EPSILON, out=WH)
     np.divide(V, WH, out=WH)
     return WH
 
 
-def _vlogr(V, ratio) -> float:
+def _vlogr(V, ratio, out: np.ndarray | None = None) -> float:
     """``sum V log(V / WH)`` given ``ratio = V / WH`` (0 log 0 = 0).
 
-    ``ratio`` is 0 exactly where V is (W·H is floored above 0), so the log is
-    taken only there; a masked ``np.log`` and a dot product are several times
-    faster than ``scipy.special.xlogy``.
+    ``ratio`` is 0 exactly where V is (W·H is floored above 0); there the log
+    is taken of the smallest normal number instead, a finite value that V = 0
+    multiplies away.  A log and a dot product, several times faster than
+    ``scipy.special.xlogy``; ``out`` is an optional buffer for the logs.
     """
     if sp.issparse(V):
         V, ratio = V.data, ratio.data
-    log_ratio = np.zeros_like(ratio)
-    np.log(ratio, out=log_ratio, where=ratio > 0)
-    return float(np.dot(V.ravel(), log_ratio.ravel()))
+        out = None
+    logs = np.maximum(ratio, np.finfo(ratio.dtype).tiny, out=out)
+    np.log(logs, out=logs)
+    return float(np.dot(V.ravel(), logs.ravel()))
 
 
 def kl_w_update(
@@ -203,13 +211,20 @@ def kl_block_step(
     W_new = np.empty_like(W)
     A = np.zeros((k, n), dtype=W.dtype)
     vlogr = 0.0
-    for rows in _sub_blocks(V.shape[0], _row_bytes(V)):
+    row_bytes = _row_bytes(V)
+    ratio_buf = log_buf = None
+    if not sp.issparse(V):  # two sub-block buffers, reused
+        step = min(_sub_step(row_bytes), V.shape[0])
+        dtype = np.result_type(W, H)
+        ratio_buf, log_buf = np.empty((step, n), dtype), np.empty((step, n), dtype)
+    for rows in _sub_blocks(V.shape[0], row_bytes):
         Vs, Ws = V[rows], W[rows]
-        ratio = _kl_ratio(Vs, Ws, H)
-        vlogr += _vlogr(Vs, ratio)
+        size = Ws.shape[0]
+        ratio = _kl_ratio(Vs, Ws, H, out=None if ratio_buf is None else ratio_buf[:size])
+        vlogr += _vlogr(Vs, ratio, out=None if log_buf is None else log_buf[:size])
         Wn = kl_w_update(Vs, Ws, H, H_sum, l1, l2, ratio=ratio)
         W_new[rows] = Wn
-        A += Wn.T @ _kl_ratio(Vs, Wn, H)
+        A += Wn.T @ _kl_ratio(Vs, Wn, H, out=ratio)
     partials = {
         "A": A,
         "w_sum": W_new.sum(axis=0),
