@@ -39,7 +39,9 @@ def _sample_rss(client, peak, stop):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--cols", type=int, default=2_000)
     ap.add_argument("--density", type=float, default=0.01)
@@ -65,8 +67,12 @@ def main(argv=None) -> dict:
         f"dense float32 would be {dense_gb:.1f} GB; written in {time.perf_counter() - t0:.0f} s"
     )
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=args.memory_limit,
-                     dashboard_address=None) as cluster,
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            memory_limit=args.memory_limit,
+            dashboard_address=None,
+        ) as cluster,
         Client(cluster) as client,
     ):
         peak, stop = [0], threading.Event()
@@ -81,9 +87,18 @@ def main(argv=None) -> dict:
 
         t0 = time.perf_counter()
         res = dask_nmf.factorize(
-            store, args.k, beta_loss="kullback-leibler", init="random", random_state=0,
-            max_iter=args.max_iter, tol=0, client=client, keep_in_memory=False,
-            checkpoint=os.path.join(args.out, "result.zarr"), overwrite=True, callback=progress,
+            store,
+            args.k,
+            beta_loss="kullback-leibler",
+            init="random",
+            random_state=0,
+            max_iter=args.max_iter,
+            tol=0,
+            client=client,
+            keep_in_memory=False,
+            checkpoint=os.path.join(args.out, "result.zarr"),
+            overwrite=True,
+            callback=progress,
         )
         total = time.perf_counter() - t0
         stop.set()
@@ -91,10 +106,16 @@ def main(argv=None) -> dict:
     per_iter = float(np.median(np.diff(stamps))) if len(stamps) > 1 else float("nan")
     losses = np.asarray(res.loss_history)
     summary = {
-        "shape": [args.rows, args.cols], "nnz": int(nnz), "k": args.k,
-        "iterations": res.n_iter, "seconds_total": total, "seconds_per_iteration": per_iter,
-        "peak_worker_rss_gb": peak[0] / 1e9, "dense_gb": dense_gb,
-        "loss_first": float(losses[0]), "loss_last": float(losses[-1]),
+        "shape": [args.rows, args.cols],
+        "nnz": int(nnz),
+        "k": args.k,
+        "iterations": res.n_iter,
+        "seconds_total": total,
+        "seconds_per_iteration": per_iter,
+        "peak_worker_rss_gb": peak[0] / 1e9,
+        "dense_gb": dense_gb,
+        "loss_first": float(losses[0]),
+        "loss_last": float(losses[-1]),
         "monotone": bool(np.all(np.diff(losses) <= 1e-9 * losses[0])),
     }
     print(
