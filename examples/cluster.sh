@@ -6,8 +6,8 @@
 #         QUICK=1 bash examples/cluster.sh WORKDIR    (a tiny matrix: a smoke test)
 #
 # Settings (environment variables):
-#   ROWS, COLS, K       the generated matrix (default 200000 x 500, rank 10: 800 MB of float64)
-#   MAX_ITER            iterations (default 100)
+#   ROWS, COLS, K       the generated matrix (default 100000 x 500, rank 10: 400 MB of float64)
+#   MAX_ITER            iterations (default 200; the fit stops earlier once converged)
 #   N_WORKERS           worker processes (default 2), each with NTHREADS threads (default 1)
 #   MEMORY_LIMIT        memory limit per worker (default 1GiB)
 #   PORT                scheduler port (default: a free one)
@@ -20,10 +20,10 @@ set -euo pipefail
 if [[ -n "${QUICK:-}" ]]; then
     ROWS=${ROWS:-6000} COLS=${COLS:-80} K=${K:-5} MAX_ITER=${MAX_ITER:-10}
 fi
-ROWS=${ROWS:-200000}
+ROWS=${ROWS:-100000}
 COLS=${COLS:-500}
 K=${K:-10}
-MAX_ITER=${MAX_ITER:-100}
+MAX_ITER=${MAX_ITER:-200}
 N_WORKERS=${N_WORKERS:-2}
 NTHREADS=${NTHREADS:-1}
 MEMORY_LIMIT=${MEMORY_LIMIT:-1GiB}

@@ -343,7 +343,9 @@ def plot_spectra(truth, ev, bands, path):
         "H rescaled by the sum-to-one fit; the spectral angle is scale-free",
         fontsize=10,
     )
-    ax.legend(fontsize=8, loc="upper right", ncol=2)
+    top = max(truth["E"].max(), ev["spectra"].max())
+    ax.set_ylim(-0.02 * top, 1.32 * top)  # room for the legend above the peaks
+    ax.legend(fontsize=8, loc="upper center", ncol=3)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -222,7 +222,7 @@ def plot_losses(runs: dict, truth_loss: dict, path: Path) -> None:
             ax.plot(it[1:], r["losses"][1:], label=name, **style)
             if name != "dask_nmf":
                 diff = np.abs(r["losses"] - ours) / ours
-                zeros = int(np.sum(diff == 0))
+                zeros = int(np.sum(diff[1:] == 0))
                 dstyle = {
                     "color": STYLE[name]["color"],
                     "s": 10,
@@ -235,7 +235,7 @@ def plot_losses(runs: dict, truth_loss: dict, path: Path) -> None:
                 dax.scatter(
                     it[1:],
                     np.maximum(diff[1:], floor),
-                    label=f"{name} ({zeros} iterations identical)",
+                    label=f"{name} (identical at {zeros} of {len(it) - 1} iterations)",
                     **dstyle,
                 )
         ax.axhline(truth_loss[cost], color="C2", lw=1, ls=":", label="loss at the true W0, H0")
@@ -246,12 +246,13 @@ def plot_losses(runs: dict, truth_loss: dict, path: Path) -> None:
         increases = int(np.sum(np.diff(ours) > 0))
         ax.text(
             0.03,
-            0.05,
+            0.25,
             f"start: {ours[0]:.3g}, after {len(ours) - 1}: {ours[-1]:.4g}\n"
             f"iterations where dask_nmf's loss went up: {increases}",
             transform=ax.transAxes,
             ha="left",
             fontsize=9,
+            bbox={"facecolor": "white", "edgecolor": "0.8", "boxstyle": "round"},
         )
         ax.legend(loc="upper right", fontsize=9)
         ax.grid(alpha=0.3, which="both")

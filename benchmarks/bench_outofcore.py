@@ -1,0 +1,130 @@
+"""Case "outofcore": V on disk several times larger than the workers' memory.
+
+A ``LocalCluster`` of 2 worker processes x 1 thread, each with a ``memory_limit``
+(the whole cluster gets ``2 x memory_limit``), factorizes zarr stores of growing
+size with ``keep_in_memory=False`` (V streamed from disk every iteration).  The sum
+of the workers' resident memory is sampled every 50 ms (``client.run(psutil)``
+from a thread) and each worker's high-water mark (``getrusage``) is read at the
+end.  Peak memory is reported as a ratio to one row block of V; it must not grow
+with V.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from common import (
+    RSSSampler,
+    _reset_maxrss,
+    _worker_maxrss,
+    _worker_rss,
+    data_dir,
+    local_cluster,
+    store_bytes,
+    table,
+    wait_quiet,
+    zarr_store,
+)
+
+
+def _import_worker_modules():
+    import zarr  # noqa: F401
+
+    import dask_nmf  # noqa: F401
+
+    return True
+
+
+def one_size(path, m, n, k, block_rows, iters, n_workers, memory_limit, log) -> dict:
+    import psutil
+    from distributed import Client
+
+    import dask_nmf
+
+    itemsize = 8
+    block_bytes = block_rows * n * itemsize
+    with local_cluster(n_workers, 1, memory_limit=memory_limit) as cluster, Client(cluster) as client:
+        client.run(_import_worker_modules)
+        time.sleep(0.5)
+        idle = client.run(_worker_rss)
+        hwm_reset = all(client.run(_reset_maxrss).values())
+        workers_before = set(idle)
+        client_rss0 = psutil.Process().memory_info().rss
+        stamps = []
+        wait_quiet()
+        t0 = time.perf_counter()
+        with RSSSampler(client, interval=0.05) as sampler:
+            res = dask_nmf.factorize(
+                str(path), k, init="random", random_state=0, max_iter=iters, tol=0, block_rows=block_rows,
+                keep_in_memory=False, client=client,
+                callback=lambda s, loss: stamps.append(time.perf_counter()),
+            )
+        wall = time.perf_counter() - t0
+        maxrss = client.run(_worker_maxrss)
+        workers_after = set(client.scheduler_info(n_workers=-1)["workers"])
+        client_rss1 = psutil.Process().memory_info().rss
+    diffs = np.diff(stamps) if len(stamps) > 1 else np.array([np.nan])
+    peak = sampler.peak_sum
+    idle_sum = sum(idle.values())
+    limit_total = n_workers * memory_limit
+    row = {
+        "rows": m, "V_MiB": m * n * itemsize / 2**20, "V_stored_MiB": store_bytes(path) / 2**20,
+        "V_over_memory_limit": m * n * itemsize / limit_total,
+        "iterations": res.n_iter, "wall_s": wall,
+        "ms_per_iter": 1e3 * float(np.median(diffs)),
+        "read_GBs": m * n * itemsize / float(np.median(diffs)) / 1e9,
+        "idle_rss_MiB": idle_sum / 2**20,
+        "peak_rss_MiB": peak / 2**20,
+        "peak_over_block": peak / block_bytes,
+        "peak_minus_idle_over_block": (peak - idle_sum) / block_bytes,
+        "peak_worker_MiB": sampler.peak_worker / 2**20,
+        "maxrss_sum_MiB": sum(maxrss.values()) / 2**20,
+        "maxrss_reset_before_run": hwm_reset,
+        "maxrss_minus_idle_over_block": (sum(maxrss.values()) - idle_sum) / block_bytes,
+        "client_rss_growth_MiB": (client_rss1 - client_rss0) / 2**20,
+        "samples": len(sampler.samples),
+        "workers_restarted": workers_before != workers_after,
+        "loss_first_last": [res.loss_history[0], res.loss_history[-1]],
+        "kept_in_memory": getattr(res, "diagnostics", {}).get("kept_in_memory"),
+    }
+    log(f"    V {row['V_MiB']:6.0f} MiB ({row['V_over_memory_limit']:.1f}x the workers' memory): "
+        f"{row['ms_per_iter']:.0f} ms/iter, peak RSS {row['peak_rss_MiB']:.0f} MiB "
+        f"(idle {row['idle_rss_MiB']:.0f}) = {row['peak_over_block']:.1f} blocks, "
+        f"{row['peak_minus_idle_over_block']:.1f} blocks above idle")
+    return row
+
+
+def run(args, ctx) -> dict:
+    log = ctx["log"]
+    quick = args.quick
+    n, k = 2000, 16
+    chunk_rows = 500
+    block_rows = 1000  # 16 MB row blocks (2 zarr chunks each)
+    n_workers = 2
+    memory_limit = 320 * 2**20
+    sizes = [8000, 16000, 32000] if quick else [16000, 32000, 64000, 128000]
+    iters = 3 if quick else 4
+    rows = []
+    log(f"  LocalCluster {n_workers} workers x 1 thread, memory_limit {memory_limit / 2**20:.0f} MiB each; "
+        f"n={n}, k={k}, float64, block_rows={block_rows} ({block_rows * n * 8 / 2**20:.0f} MiB blocks), "
+        f"{iters} iterations, keep_in_memory=False")
+    for m in sizes:
+        path = zarr_store(data_dir(args) / f"ooc_{m}x{n}_float64.zarr", m, n, np.float64,
+                          chunk_rows=chunk_rows, log=log)
+        rows.append(one_size(path, m, n, k, block_rows, iters, n_workers, memory_limit, log))
+    log("")
+    log(table(rows, ["V_MiB", "V_over_memory_limit", "ms_per_iter", "read_GBs", "idle_rss_MiB", "peak_rss_MiB",
+                     "peak_over_block", "peak_minus_idle_over_block", "maxrss_minus_idle_over_block",
+                     "workers_restarted"],
+              title=f"Out of core: {n_workers} workers x {memory_limit / 2**20:.0f} MiB, "
+                    f"block = {block_rows}x{n} float64 = {block_rows * n * 8 / 2**20:.0f} MiB",
+              headers={"V_MiB": "V MiB", "V_over_memory_limit": "V / worker mem",
+                       "ms_per_iter": "ms/iter", "read_GBs": "V GB/s", "idle_rss_MiB": "idle RSS MiB",
+                       "peak_rss_MiB": "peak RSS MiB", "peak_over_block": "peak / block",
+                       "peak_minus_idle_over_block": "(peak-idle) / block",
+                       "maxrss_minus_idle_over_block": "(maxrss-idle) / block",
+                       "workers_restarted": "restarts"}))
+    log("")
+    return {"n": n, "k": k, "block_rows": block_rows, "chunk_rows": chunk_rows, "n_workers": n_workers,
+            "memory_limit_bytes": memory_limit, "iterations": iters, "sizes": rows}
