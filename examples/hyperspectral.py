@@ -382,7 +382,7 @@ def plot_abundances(ev, size, step, path):
         "and their difference",
         fontsize=11,
     )
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=85)
     plt.close(fig)
 
 
@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> dict:
     size = args.size or (128 if args.quick else 2000)
     bands = args.bands or (64 if args.quick else 200)
     max_iter = args.max_iter or 40
-    step = max(1, size // 400)  # at most ~400 x 400 pixels in the maps
+    step = max(1, size // 250)  # maps and abundance errors on at most ~250 x 250 pixels
     args.out.mkdir(parents=True, exist_ok=True)
     cube_bytes = size * size * bands * 4
     with contextlib.ExitStack() as stack:
