@@ -8,6 +8,7 @@
 # Settings (environment variables):
 #   ROWS, COLS, K       the generated matrix (default 100000 x 500, rank 10: 400 MB of float64)
 #   MAX_ITER            iterations (default 200; the fit stops earlier once converged)
+#   INIT                initialization (default nndsvda; random with QUICK=1)
 #   N_WORKERS           worker processes (default 2), each with NTHREADS threads (default 1)
 #   MEMORY_LIMIT        memory limit per worker (default 1GiB)
 #   PORT                scheduler port (default: a free one)
@@ -18,12 +19,13 @@
 set -euo pipefail
 
 if [[ -n "${QUICK:-}" ]]; then
-    ROWS=${ROWS:-6000} COLS=${COLS:-80} K=${K:-5} MAX_ITER=${MAX_ITER:-10}
+    ROWS=${ROWS:-6000} COLS=${COLS:-80} K=${K:-5} MAX_ITER=${MAX_ITER:-10} INIT=${INIT:-random}
 fi
 ROWS=${ROWS:-100000}
 COLS=${COLS:-500}
 K=${K:-10}
 MAX_ITER=${MAX_ITER:-200}
+INIT=${INIT:-nndsvda}
 N_WORKERS=${N_WORKERS:-2}
 NTHREADS=${NTHREADS:-1}
 MEMORY_LIMIT=${MEMORY_LIMIT:-1GiB}
@@ -76,7 +78,7 @@ with Client('$ADDRESS', timeout='60s') as client:
 echo "== dask-nmf fit ... --scheduler $ADDRESS"
 SECONDS=0
 dask-nmf fit "$WORKDIR/V.zarr" -k "$K" -o "$WORKDIR/result.zarr" --overwrite \
-    --max-iter "$MAX_ITER" --seed 0 --checkpoint-every 10 --scheduler "$ADDRESS"
+    --init "$INIT" --max-iter "$MAX_ITER" --seed 0 --checkpoint-every 10 --scheduler "$ADDRESS"
 echo "   (fit: ${SECONDS} s)"
 
 echo "== dask-nmf info"
@@ -87,13 +89,10 @@ dask-nmf transform "$WORKDIR/V.zarr" --model "$WORKDIR/result.zarr" \
     -o "$WORKDIR/W_transform.zarr" --overwrite --scheduler "$ADDRESS"
 
 echo "== shutting the cluster down"
-"$PYTHON" -c "
-from distributed import Client
-with Client('$ADDRESS', timeout='30s') as client:
-    client.shutdown()
-" || true
-for pid in "${PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
-done
+# SIGTERM makes `dask worker` close its workers gracefully, then the scheduler stops.
+kill -TERM "${PIDS[1]}"
+wait "${PIDS[1]}" 2>/dev/null || true
+kill -TERM "${PIDS[0]}"
+wait "${PIDS[0]}" 2>/dev/null || true
 PIDS=()
 echo "== done; results in $WORKDIR"
