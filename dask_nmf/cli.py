@@ -392,6 +392,7 @@ def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
     from . import driver
     from .datasets import make_low_rank_store
 
+    keep = output_dir is not None
     with contextlib.ExitStack() as stack:
         if output_dir is None:
             output_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="dask-nmf-demo-"))
@@ -420,7 +421,8 @@ def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
         monotone = bool(np.all(np.diff(losses) <= 1e-9 * losses[0]))
         click.echo(
             f"loss never increased: {monotone}; relative error "
-            f"{res.reconstruction_err / math.sqrt(2 * _norm2(data) / 2):.4f}; result in {out}"
+            f"{res.reconstruction_err / math.sqrt(2 * _norm2(data) / 2):.4f}; "
+            + (f"result in {out}" if keep else "result discarded (pass -o DIR to keep it)")
         )
 
 
