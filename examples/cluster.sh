@@ -49,12 +49,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== data: a ${ROWS} x ${COLS} matrix of rank ${K} (+ noise) in $WORKDIR/V.zarr"
-"$PYTHON" -c "
-from dask_nmf.datasets import make_low_rank_store
-make_low_rank_store('$WORKDIR/V.zarr', $ROWS, $COLS, $K, chunk_rows=5000, overwrite=True)
-"
-
 echo "== scheduler at $ADDRESS (log: $WORKDIR/scheduler.log)"
 dask scheduler --host 127.0.0.1 --port "$PORT" --dashboard-address 127.0.0.1:0 \
     >"$WORKDIR/scheduler.log" 2>&1 &
@@ -66,9 +60,14 @@ dask worker "$ADDRESS" --nworkers "$N_WORKERS" --nthreads "$NTHREADS" \
     --dashboard-address 127.0.0.1:0 >"$WORKDIR/workers.log" 2>&1 &
 PIDS+=($!)
 
-# The scheduler takes a moment to listen, the workers a moment more to join it.
+# While the scheduler and the workers start (and join), write the data; then wait for them.
+echo "== data: a ${ROWS} x ${COLS} matrix of rank ${K} (+ noise) in $WORKDIR/V.zarr"
 "$PYTHON" -c "
 from distributed import Client
+
+from dask_nmf.datasets import make_low_rank_store
+
+make_low_rank_store('$WORKDIR/V.zarr', $ROWS, $COLS, $K, chunk_rows=5000, overwrite=True)
 with Client('$ADDRESS', timeout='60s') as client:
     client.wait_for_workers($N_WORKERS, timeout='60s')
     print(f'   {len(client.scheduler_info()[\"workers\"])} workers joined; dashboard:',

@@ -220,7 +220,9 @@ class MemorySampler(threading.Thread):
 
 
 def dask_nmf_command() -> list[str]:
-    exe = shutil.which("dask-nmf")
+    """The ``dask-nmf`` script of this Python environment (else the module behind it)."""
+    here = Path(sys.executable).parent / "dask-nmf"
+    exe = str(here) if here.exists() else shutil.which("dask-nmf")
     return [exe] if exe else [sys.executable, "-m", "dask_nmf.cli"]
 
 

@@ -1,6 +1,6 @@
 """A matrix with known factors: monotone loss, agreement with two references, recovery.
 
-Run:  python examples/random_matrix.py           (3000 x 200, rank 6, 200 iterations; 1-2 minutes)
+Run:  python examples/random_matrix.py           (3000 x 200, rank 6, 200 iterations; 2-4 minutes)
       python examples/random_matrix.py --quick   (a smoke test)
 
 V is drawn as Poisson counts around W0 @ H0, with sparse non-negative W0 and H0

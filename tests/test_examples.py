@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("matplotlib")
-
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def load_example(name: str):
+    pytest.importorskip("matplotlib")  # the examples' one extra dependency
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -119,7 +118,9 @@ def _port_is_open(port: int) -> bool:
 
 @pytest.mark.skipif(shutil.which("dask") is None, reason="needs the `dask` command")
 def test_cluster_script(tmp_path):
-    env = dict(os.environ, QUICK="1", PYTHON=sys.executable)
+    # The `dask` and `dask-nmf` commands of this environment come first on PATH.
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = dict(os.environ, QUICK="1", PYTHON=sys.executable, PATH=path)
     proc = subprocess.run(
         ["bash", str(EXAMPLES / "cluster.sh"), str(tmp_path)],
         env=env,
