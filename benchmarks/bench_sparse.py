@@ -1,58 +1,30 @@
 """Sparse V: time and memory per iteration against density, vs scikit-learn and the dense path.
 
-    python benchmarks/bench_sparse.py [--quick]
+    python benchmarks/run.py --case sparse [--quick]
 
-At a fixed shape, V is a synthetic count matrix at several densities (SciPy
-CSR in memory).  For each density and cost: dask_nmf's per-iteration time on
-the sparse matrix, scikit-learn's ``NMF(solver="mu")`` on the same sparse
-matrix from the same start, and dask_nmf on the densified matrix; plus the
-peak resident memory each fit added to this process.  Per-iteration time is
-(t(N2) - t(N1)) / (N2 - N1) so set-up cancels.  Writes
-benchmarks/results/sparse.json and sparse.png.
+At a fixed shape, V is a synthetic count matrix (``dask_nmf.datasets.make_sparse_counts``)
+at several densities, held as a SciPy CSR matrix in memory.  For each density
+and cost: dask_nmf's per-iteration time on the sparse matrix, scikit-learn's
+``NMF(solver="mu")`` on the same sparse matrix from the same start, and (at one
+density) dask_nmf on the densified matrix.  Per-iteration time is
+(t(N2) - t(N1)) / (N2 - N1), so set-up cancels.  Memory is the peak of the
+bytes NumPy/SciPy allocated during a fit (``tracemalloc``, which sees every
+NumPy array), above what was allocated before it: V itself is not counted, the
+work arrays and copies each solver makes are.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
-import pathlib
-import threading
-import time
+import tracemalloc
 import warnings
 from functools import partial
 
 import numpy as np
-import psutil
+from common import blas_threads, per_iteration, table
 
 import dask_nmf
 from dask_nmf.datasets import make_sparse_counts
-
-RESULTS = pathlib.Path(__file__).parent / "results"
-
-
-class PeakRSS:
-    """Peak resident memory of this process above its level at entry (sampled)."""
-
-    def __enter__(self):
-        gc.collect()
-        self.base = psutil.Process().memory_info().rss
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        proc = psutil.Process()
-        while not self._stop.is_set():
-            self.peak = max(self.peak, proc.memory_info().rss)
-            self._stop.wait(0.005)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.added = self.peak - self.base
 
 
 def fit_ours(V, k, beta, W0, H0, block_rows, n_iter):
@@ -71,100 +43,101 @@ def fit_sklearn(X, k, beta, W0, H0, n_iter):
         )
 
 
-def per_iteration(fit, n1, n2):
-    times = {}
-    for n in (n1, n2):
-        t = time.perf_counter()
-        fit(n)
-        times[n] = time.perf_counter() - t
-    return (times[n2] - times[n1]) / (n2 - n1)
+def peak_allocated(fn) -> float:
+    """MB allocated at the peak of ``fn()`` above the level before it."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return (peak - base) / 1e6
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args(argv)
+def run(args, ctx) -> dict:
+    log = ctx["log"]
     m, n, k = (20_000, 1_000, 8) if args.quick else (100_000, 2_000, 16)
-    densities = [0.002, 0.01, 0.05] if args.quick else [0.001, 0.003, 0.01, 0.03]
-    n1, n2 = (2, 6) if args.quick else (3, 11)
+    densities = [0.002, 0.01, 0.05] if args.quick else [0.001, 0.003, 0.01, 0.03, 0.1]
+    dense_at = 0.01
+    n1, n2 = (2, 6) if args.quick else (2, 10)
+    repeats = 1 if args.quick else 2
+    block_rows = m // 4
+    log(f"  V {m}x{n} float64 CSR, k={k}, block_rows={block_rows}; dask_nmf on the threaded "
+        f"scheduler; scikit-learn with its default BLAS threads; N1={n1}, N2={n2}")
+    log(f"  dense V would be {m * n * 8 / 1e6:.0f} MB")
     rows = []
     for density in densities:
         X = make_sparse_counts(m, n, k, density, seed=0, dtype="float64")
         rng = np.random.default_rng(0)
         W0, H0 = rng.random((m, k)), rng.random((k, n))
-        block_rows = m // 4
         for beta in ("frobenius", "kullback-leibler"):
             ours = partial(fit_ours, X, k, beta, W0, H0, block_rows)
             sklearn = partial(fit_sklearn, X, k, beta, W0, H0)
-            row = {"density": density, "nnz": int(X.nnz), "beta_loss": beta}
-            row["ours_s"] = per_iteration(ours, n1, n2)
-            row["sklearn_s"] = per_iteration(sklearn, n1, n2)
-            with PeakRSS() as mem_ours:
-                ours(n1)
-            with PeakRSS() as mem_sk:
-                sklearn(n1)
-            row["ours_peak_mb"] = mem_ours.added / 1e6
-            row["sklearn_peak_mb"] = mem_sk.added / 1e6
-            if density == densities[-1] or args.quick:
+            row = {"density": density, "nnz": int(X.nnz), "beta_loss": beta,
+                   "csr_MB": (X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) / 1e6}
+            row["ours_ms"] = per_iteration(ours, n1, n2, repeats)["ms_per_iter"]
+            with blas_threads(None):
+                row["sklearn_ms"] = per_iteration(sklearn, n1, n2, repeats)["ms_per_iter"]
+            row["ours_over_sklearn"] = row["ours_ms"] / row["sklearn_ms"]
+            row["ours_peak_MB"] = peak_allocated(partial(ours, n1))
+            row["sklearn_peak_MB"] = peak_allocated(partial(sklearn, n1))
+            if density == dense_at:
                 D = X.toarray()
-                row["ours_dense_s"] = per_iteration(
-                    partial(fit_ours, D, k, beta, W0, H0, block_rows), n1, n2
-                )
-                del D
+                dense = partial(fit_ours, D, k, beta, W0, H0, block_rows)
+                row["dense_ms"] = per_iteration(dense, n1, n2, repeats)["ms_per_iter"]
+                row["dense_peak_MB"] = peak_allocated(partial(dense, n1))
+                row["sparse_over_dense"] = row["ours_ms"] / row["dense_ms"]
+                del D, dense
             rows.append(row)
-            print(
-                f"density {density:6.3f} nnz {X.nnz:>9d} {beta:17s} ours {row['ours_s'] * 1e3:8.1f} ms"
-                f"  sklearn {row['sklearn_s'] * 1e3:8.1f} ms  ratio {row['ours_s'] / row['sklearn_s']:.2f}"
-                f"  peak MB ours {row['ours_peak_mb']:7.1f} sklearn {row['sklearn_peak_mb']:7.1f}"
-                + (
-                    f"  dense path {row['ours_dense_s'] * 1e3:8.1f} ms"
-                    if "ours_dense_s" in row
-                    else ""
-                )
-            )
-    out = {"shape": [m, n], "k": k, "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    name = "sparse_quick" if args.quick else "sparse"
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for beta, style in (("frobenius", "-"), ("kullback-leibler", "--")):
-            sel = [r for r in rows if r["beta_loss"] == beta]
-            nnz = [r["nnz"] for r in sel]
-            axes[0].loglog(nnz, [r["ours_s"] for r in sel], "o" + style, label=f"dask_nmf {beta}")
-            axes[0].loglog(
-                nnz, [r["sklearn_s"] for r in sel], "s" + style, label=f"scikit-learn {beta}"
-            )
-            axes[1].loglog(
-                nnz,
-                [max(r["ours_peak_mb"], 0.1) for r in sel],
-                "o" + style,
-                label=f"dask_nmf {beta}",
-            )
-            axes[1].loglog(
-                nnz,
-                [max(r["sklearn_peak_mb"], 0.1) for r in sel],
-                "s" + style,
-                label=f"scikit-learn {beta}",
-            )
-        axes[0].set(
-            xlabel="non-zeros", ylabel="seconds per iteration", title=f"time, V {m}x{n}, k={k}"
-        )
-        axes[1].set(xlabel="non-zeros", ylabel="peak memory added (MB)", title="memory")
-        for ax in axes:
-            ax.legend(fontsize=7)
-            ax.grid(True, which="both", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(RESULTS / f"{name}.png", dpi=110)
-    except ImportError:
-        pass
-    return out
+            log(f"    density {density:6.3f} nnz {X.nnz:>10d} {beta:17s} dask_nmf "
+                f"{row['ours_ms']:8.1f} ms  sklearn {row['sklearn_ms']:8.1f} ms  "
+                f"peak MB {row['ours_peak_MB']:7.1f} / {row['sklearn_peak_MB']:7.1f}"
+                + (f"  dense path {row['dense_ms']:8.1f} ms, {row['dense_peak_MB']:.0f} MB"
+                   if "dense_ms" in row else ""))
+    log("")
+    cols = ["density", "nnz", "beta_loss", "csr_MB", "ours_ms", "sklearn_ms", "ours_over_sklearn",
+            "ours_peak_MB", "sklearn_peak_MB", "dense_ms", "dense_peak_MB", "sparse_over_dense"]
+    log(table(rows, cols, title=f"Sparse V {m}x{n}, k={k}: per iteration and peak allocation",
+              headers={"csr_MB": "V (CSR) MB", "ours_ms": "dask_nmf ms/iter",
+                       "sklearn_ms": "sklearn ms/iter", "ours_over_sklearn": "/ sklearn",
+                       "ours_peak_MB": "dask_nmf peak MB", "sklearn_peak_MB": "sklearn peak MB",
+                       "dense_ms": "dense path ms/iter", "dense_peak_MB": "dense path peak MB",
+                       "sparse_over_dense": "sparse / dense"}))
+    log("")
+    _plot(rows, m, n, k, args)
+    return {"shape": [m, n], "k": k, "n1": n1, "n2": n2, "rows": rows}
 
 
-if __name__ == "__main__":
-    main()
+def _plot(rows, m, n, k, args) -> None:
+    import common
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for beta, style in (("frobenius", "-"), ("kullback-leibler", "--")):
+        sel = [r for r in rows if r["beta_loss"] == beta]
+        nnz = [r["nnz"] for r in sel]
+        axes[0].loglog(nnz, [r["ours_ms"] for r in sel], "o" + style, label=f"dask_nmf {beta}")
+        axes[0].loglog(nnz, [r["sklearn_ms"] for r in sel], "s" + style, label=f"scikit-learn {beta}")
+        axes[1].loglog(nnz, [r["ours_peak_MB"] for r in sel], "o" + style, label=f"dask_nmf {beta}")
+        axes[1].loglog(nnz, [r["sklearn_peak_MB"] for r in sel], "s" + style,
+                       label=f"scikit-learn {beta}")
+        for r in sel:
+            if "dense_ms" in r:
+                axes[0].plot([r["nnz"]], [r["dense_ms"]], "x", ms=9, color="k")
+                axes[1].plot([r["nnz"]], [r["dense_peak_MB"]], "x", ms=9, color="k")
+    axes[0].plot([], [], "x", color="k", label="dask_nmf on the densified V")
+    axes[0].set(xlabel="non-zeros", ylabel="ms per iteration", title=f"time, V {m}x{n}, k={k}")
+    axes[1].set(xlabel="non-zeros", ylabel="peak MB allocated during a fit", title="memory")
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path = common.RESULTS / ("sparse_quick.png" if args.quick else "sparse.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -84,9 +84,10 @@ class _Progress:
         if self.quiet:
             return
         bar = self._ensure_bar()
-        rel = (self.last - loss) / self.last if self.last else math.nan
-        self.last = loss
-        bar.set_postfix_str(f"loss={loss:.6g} rel.decrease={rel:.2e}")
+        if not math.isnan(loss):  # NaN: an iteration whose KL loss was skipped
+            rel = (self.last - loss) / self.last if self.last else math.nan
+            self.last = loss
+            bar.set_postfix_str(f"loss={loss:.6g} rel.decrease={rel:.2e}")
         bar.update(iteration - bar.n)
 
     def log(self, message: str) -> None:
@@ -167,6 +168,12 @@ def cli() -> None:
 @click.option("--feature-dims", default=None, help="xarray: dims stacked into columns, e.g. band.")
 @with_cluster_options
 @click.option("--checkpoint-every", type=int, default=10, show_default=True)
+@click.option(
+    "--loss-every",
+    type=int,
+    default=None,
+    help="KL: evaluate the loss every N iterations (default 10; it costs a log per entry).",
+)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in OUTPUT.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
 @click.option("--block-rows", type=int, default=None)
@@ -198,6 +205,7 @@ def fit(
     threads_per_worker,
     memory_limit,
     checkpoint_every,
+    loss_every,
     resume,
     overwrite,
     block_rows,
@@ -256,6 +264,7 @@ def fit(
                 callback=progress,
                 checkpoint=output,
                 checkpoint_every=checkpoint_every,
+                loss_every=loss_every,
                 resume=resume,
                 overwrite=overwrite,
                 array=array_name,
@@ -360,7 +369,8 @@ def info(path) -> None:
         "parameters: " + ", ".join(f"{k}={v}" for k, v in params.items() if k != "estimator"),
     ]
     if state:
-        losses = state.get("loss_history", [])
+        # The latest evaluated loss (KL may skip some, and knows the last one late).
+        losses = [x for x in state.get("loss_history", []) if not math.isnan(x)]
         lines += [
             f"iterations: {state['iteration']} ({'finished' if state.get('finished') else 'checkpoint, resumable'}; "
             f"converged={state.get('converged')})",

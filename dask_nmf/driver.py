@@ -274,8 +274,11 @@ class _Fit:
         self.token = uuid.uuid4().hex[:8]
         self.graph_tasks: list[int] = []
 
-    def step(self, W: list, H: np.ndarray, t: int, first: bool):
-        """Run one MU pass from state (W, H); returns (W', partial sums)."""
+    def step(self, W: list, H: np.ndarray, t: int, first: bool, with_loss: bool = True):
+        """Run one MU pass from state (W, H); returns (W', partial sums).
+
+        For KL, ``with_loss`` adds the loss terms of the state (W, H).
+        """
         Hd = dask.delayed(H, name=f"nmf-H-{self.token}-{t}")
         W = [_delayed(w, name=f"nmf-W-{self.token}-{t}-{i}") for i, w in enumerate(W)]
         if self.beta == 2:
@@ -301,6 +304,7 @@ class _Fit:
                     Hd,
                     self.l1_W,
                     self.l2_W,
+                    with_loss,
                     dask_key_name=f"nmf-step-{self.token}-{t}-{i}",
                 )
                 for i, (v, w) in enumerate(zip(self.sources, W))
@@ -374,6 +378,7 @@ def factorize(
     variable: str | None = None,
     sample_dims: Any = None,
     feature_dims: Any = None,
+    loss_every: int | None = None,
 ) -> NMFResult:
     """Factorize a non-negative matrix V ~= W H with Lee & Seung's multiplicative updates.
 
@@ -410,8 +415,9 @@ def factorize(
         Where to run; default: the current default client if there is one,
         else dask's local threaded scheduler.  No cluster is started here.
     callback : callable, optional
-        ``callback(iteration, loss)`` after each iteration's loss is known
-        (for KL that is during the next pass, as the loss comes free with it).
+        ``callback(iteration, loss)`` once per iteration, when its loss is
+        known (for KL that is during the next pass); ``loss`` is NaN for the
+        iterations whose loss ``loss_every`` skips.
     verbose : bool
         Print the loss every 10 iterations.
     checkpoint : str or os.PathLike, optional
@@ -440,6 +446,14 @@ def factorize(
         xarray when one of these is given): the variable, and the dimensions
         stacked into samples (rows) and features (columns).  W and H then come
         back as DataArrays with V's coordinates and a ``component`` dimension.
+    loss_every : int, optional
+        KL only: evaluate the loss every ``loss_every`` iterations (and at the
+        last one, and wherever ``tol`` needs it); the others are NaN in
+        ``loss_history``.  The KL loss takes a logarithm per entry of V, which
+        costs about as much as the update itself, so the default is 10, the
+        iterations scikit-learn's stopping rule looks at.  1 gives every
+        iteration's loss.  The Frobenius loss comes from the update's own
+        partial sums and is always known at every iteration.
 
     Returns
     -------
@@ -452,6 +466,10 @@ def factorize(
     check_params(n_components, max_iter, tol, alpha_W, alpha_H, l1_ratio)
     if not _is_int(checkpoint_every) or checkpoint_every < 1:
         raise InputError(f"checkpoint_every must be a positive integer; got {checkpoint_every!r}")
+    if loss_every is None:
+        loss_every = 10
+    if not _is_int(loss_every) or loss_every < 1:
+        raise InputError(f"loss_every must be a positive integer; got {loss_every!r}")
     if init is None and W_init is not None and H_init is not None:
         init = "custom"
     if resume and checkpoint is None:
@@ -572,8 +590,11 @@ def factorize(
                 )
         H = np.asarray(H, dtype=Vin.dtype)
 
+        def loss_wanted(s: int) -> bool:
+            return s % loss_every == 0 or (tol > 0 and s % 10 == 0)
+
         def report(s: int, loss: float) -> None:
-            if verbose and (s % 10 == 0 or s == max_iter):
+            if verbose and (s % 10 == 0 or s == max_iter) and not math.isnan(loss):
                 print(
                     f"Epoch {s:02d} reached after {time.perf_counter() - t_start:.3f} seconds, "
                     f"error: {math.sqrt(2 * loss):f}"
@@ -620,7 +641,8 @@ def factorize(
         converged = False
         while t < max_iter:
             first = not losses
-            W_new, sums = fit.step(W_h, H, t, first)
+            with_loss = beta == 2 or (len(losses) == t and loss_wanted(t))
+            W_new, sums = fit.step(W_h, H, t, first, with_loss)
             if beta == 2:
                 H_new = fit.h_update(H, sums)
                 if first:
@@ -634,6 +656,8 @@ def factorize(
                 if len(losses) == t:
                     losses.append(
                         kernels.kl_divergence(fit.v_sum, sums["vlogr"], sums["w0_sum"], H)
+                        if with_loss
+                        else math.nan
                     )
                     if t > 0:
                         report(t, losses[t])

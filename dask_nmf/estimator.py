@@ -58,6 +58,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     keep_in_memory : bool, optional
         Keep X's decoded blocks in cluster memory between iterations
         (default: when it fits).
+    loss_every : int, optional
+        KL only: evaluate the loss every ``loss_every`` iterations (default
+        10; the others are NaN in ``loss_history_``).  See
+        :func:`dask_nmf.factorize`.
 
     Attributes
     ----------
@@ -68,7 +72,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ``||X - WH||_F`` (Frobenius) or ``sqrt(2 * D(X || WH))`` (KL), as scikit-learn.
     n_iter_ : int
     loss_history_ : list of float
-        The cost at the start and after each iteration.
+        The cost at the start and after each iteration (NaN where KL's
+        ``loss_every`` skipped it).
     n_features_in_ : int
     result_ : NMFResult
         The full result of the fit (W as a dask array, the loss history).
@@ -89,6 +94,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         verbose: int = 0,
         block_rows: int | None = None,
         keep_in_memory: bool | None = None,
+        loss_every: int | None = None,
     ):
         self.n_components = n_components
         self.init = init
@@ -102,6 +108,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.verbose = verbose
         self.block_rows = block_rows
         self.keep_in_memory = keep_in_memory
+        self.loss_every = loss_every
 
     def _rank(self, n_features: int, W: Any, H: Any) -> int:
         if self.n_components is None:
@@ -154,6 +161,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             block_rows=self.block_rows,
             verbose=bool(self.verbose),
             keep_in_memory=self.keep_in_memory,
+            loss_every=self.loss_every,
         )
         if not res.converged and self.tol > 0:
             warnings.warn(

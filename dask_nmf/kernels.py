@@ -196,14 +196,16 @@ def kl_block_step(
     H: np.ndarray,
     l1: float = 0.0,
     l2: float = 0.0,
+    with_loss: bool = True,
 ) -> tuple[np.ndarray, dict]:
     """Update a W block and emit the KL partial sums of the H update.
 
     Returns ``(W', partials)`` with ``partials["A"] = W'^T (V / W'H)`` (k x n),
-    ``partials["w_sum"]`` the column sums of W', and the loss terms of the
-    *incoming* state (W, H): ``"vlogr"`` = sum V log(V / WH), ``"w0_sum"`` the
-    column sums of W.  The KL update needs W·H anyway, so the loss of the state
-    this step starts from costs nothing extra.
+    ``partials["w_sum"]`` the column sums of W', and, if ``with_loss``, the
+    loss terms of the *incoming* state (W, H): ``"vlogr"`` = sum V log(V / WH),
+    ``"w0_sum"`` the column sums of W.  The KL update needs V / WH anyway, so
+    the loss of the state this step starts from needs no extra product, but
+    its logarithm per entry costs about as much as the update itself.
     """
     V = as_block(V)
     k, n = H.shape
@@ -221,16 +223,14 @@ def kl_block_step(
         Vs, Ws = V[rows], W[rows]
         size = Ws.shape[0]
         ratio = _kl_ratio(Vs, Ws, H, out=None if ratio_buf is None else ratio_buf[:size])
-        vlogr += _vlogr(Vs, ratio, out=None if log_buf is None else log_buf[:size])
+        if with_loss:
+            vlogr += _vlogr(Vs, ratio, out=None if log_buf is None else log_buf[:size])
         Wn = kl_w_update(Vs, Ws, H, H_sum, l1, l2, ratio=ratio)
         W_new[rows] = Wn
         A += Wn.T @ _kl_ratio(Vs, Wn, H, out=ratio)
-    partials = {
-        "A": A,
-        "w_sum": W_new.sum(axis=0),
-        "vlogr": vlogr,
-        "w0_sum": W.sum(axis=0, dtype=np.float64),
-    }
+    partials = {"A": A, "w_sum": W_new.sum(axis=0)}
+    if with_loss:
+        partials.update(vlogr=vlogr, w0_sum=W.sum(axis=0, dtype=np.float64))
     return W_new, partials
 
 

@@ -170,7 +170,8 @@ class NMFResult:
     loss_history : list of float
         The cost after each iteration, starting with the initial point:
         ``0.5 * ||V - WH||^2`` (Frobenius) or ``D(V || WH)`` (KL).
-        ``len(loss_history) == n_iter + 1``.
+        ``len(loss_history) == n_iter + 1``.  For KL, iterations whose loss
+        was not evaluated (see ``loss_every``) are NaN.
     n_iter : int
         Iterations run.
     converged : bool

@@ -66,6 +66,7 @@ def fit(V: np.ndarray, k: int, cost: str, max_iter: int) -> dict:
         random_state=0,
         max_iter=max_iter,
         tol=1e-4,
+        loss_every=1,  # the whole KL curve (by default KL's loss is evaluated every 10th)
     )
     t0 = time.perf_counter()
     with warnings.catch_warnings():

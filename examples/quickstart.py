@@ -36,6 +36,7 @@ def main() -> None:
                     beta_loss=cost,
                     max_iter=100,
                     random_state=0,
+                    loss_every=1,  # KL's loss at every iteration, to show it never rises
                     callback=lambda it, loss: it % 10 == 0 and print(f"  {it:4d}  {loss:.6g}"),
                 )
                 decreasing = bool(np.all(np.diff(res.loss_history) <= 1e-9 * res.loss_history[0]))

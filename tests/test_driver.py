@@ -16,6 +16,7 @@ from sklearn.decomposition import NMF as SkNMF
 
 import dask_nmf
 from dask_nmf.driver import regularization
+from dask_nmf.io import InputError
 
 COSTS = ["frobenius", "kullback-leibler"]
 
@@ -77,6 +78,7 @@ def test_loss_history_matches_reference(V_small, start, beta):
         alpha_W=0.001,
         l1_ratio=0.5,
         block_rows=50,
+        loss_every=1,
     )
     np.testing.assert_allclose(res.loss_history[1:], losses, rtol=1e-9)
     np.testing.assert_allclose(res.W.compute(), W_ref, rtol=1e-9)
@@ -111,6 +113,7 @@ def test_cost_never_increases(m, n, k, seed, zero_rows, zero_cols, beta_loss, bl
         max_iter=25,
         tol=0,
         block_rows=block_rows,
+        loss_every=1,
     )
     loss = np.array(res.loss_history)
     assert np.all(np.isfinite(loss))
@@ -173,6 +176,32 @@ def test_callback_sees_every_iteration(V_small, beta_loss):
     )
     assert [it for it, _ in seen] == list(range(1, 14))
     np.testing.assert_allclose([loss for _, loss in seen], res.loss_history[1:])
+
+
+@pytest.mark.parametrize("tol", [0, 1e-3])
+def test_kl_loss_every(V_small, tol):
+    """KL's loss is evaluated at every loss_every-th iteration (and where tol looks)."""
+    kw = dict(beta_loss="kullback-leibler", init="random", random_state=2, tol=tol, max_iter=23)
+    every = dask_nmf.factorize(V_small, 3, loss_every=1, **kw)
+    some = dask_nmf.factorize(V_small, 3, loss_every=4, **kw)
+    assert some.n_iter == every.n_iter
+    # Skipping the loss changes nothing else.
+    np.testing.assert_allclose(some.H, every.H, rtol=1e-12)
+    known = {0, some.n_iter} | set(range(0, some.n_iter, 4))
+    if tol > 0:
+        known |= set(range(0, some.n_iter, 10))
+    losses = np.array(some.loss_history)
+    assert len(losses) == some.n_iter + 1
+    assert set(np.flatnonzero(~np.isnan(losses))) == known
+    np.testing.assert_allclose(losses[sorted(known)], np.array(every.loss_history)[sorted(known)])
+    default = dask_nmf.factorize(V_small, 3, **kw)  # every 10th
+    assert set(np.flatnonzero(~np.isnan(default.loss_history))) == {0, 10, 20, default.n_iter}
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "10"])
+def test_bad_loss_every(V_small, bad):
+    with pytest.raises(InputError, match="loss_every"):
+        dask_nmf.factorize(V_small, 3, loss_every=bad)
 
 
 def test_max_iter_stops_unconverged(V_small):

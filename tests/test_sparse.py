@@ -6,6 +6,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import sparse as pydata_sparse
 import zarr
 
 import dask_nmf
@@ -78,6 +79,27 @@ def test_dask_array_of_sparse_chunks(counts, dense_results):
     V = dense.map_blocks(sp.csr_matrix, meta=sp.csr_matrix((0, 0)))
     res = fit(V, "frobenius")
     np.testing.assert_allclose(res.H, dense_results["frobenius"].H, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("fmt", ["coo", "gcxs"])
+@pytest.mark.parametrize("beta_loss", COSTS)
+def test_dask_array_of_pydata_sparse_chunks(counts, dense_results, fmt, beta_loss):
+    """Chunks that are pydata ``sparse`` arrays (COO or GCXS), as ``sparse.asarray`` gives."""
+    dense = da.from_array(counts.toarray(), chunks=(70, 80))
+    V = dense.map_blocks(
+        pydata_sparse.asarray, format=fmt, meta=pydata_sparse.asarray(np.zeros((0, 0)), format=fmt)
+    )
+    assert isinstance(V.blocks[0, 0].compute(), pydata_sparse.SparseArray)
+    res = fit(V, beta_loss)
+    assert res.source["kind"] == "dask"
+    ref = dense_results[beta_loss]
+    np.testing.assert_allclose(res.H, ref.H, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(res.loss_history, ref.loss_history, rtol=1e-9)
+
+
+def test_pydata_sparse_in_memory(counts, dense_results):
+    res = fit(pydata_sparse.COO.from_scipy_sparse(counts), "kullback-leibler")
+    np.testing.assert_allclose(res.H, dense_results["kullback-leibler"].H, rtol=1e-9, atol=1e-12)
 
 
 def test_csr_store_on_a_cluster(tmp_path, counts, dense_results, cluster_client):
