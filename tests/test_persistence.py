@@ -98,7 +98,12 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, V_small, beta_loss):
     assert resumed.n_iter == straight.n_iter
     np.testing.assert_allclose(resumed.H, straight.H, rtol=1e-6)
     np.testing.assert_allclose(resumed.W.compute(), straight.W.compute(), rtol=1e-6)
-    np.testing.assert_allclose(resumed.loss_history, straight.loss_history, rtol=1e-9)
+    a, b = np.array(resumed.loss_history), np.array(straight.loss_history)
+    # KL: the first run also evaluated the loss of its last state (17), which
+    # the straight run skipped (loss_every); every loss both know is the same.
+    assert not np.isnan(a[~np.isnan(b)]).any()
+    both = ~np.isnan(a) & ~np.isnan(b)
+    np.testing.assert_allclose(a[both], b[both], rtol=1e-9)
 
 
 def test_resume_refuses_a_different_problem(tmp_path, V_small):

@@ -91,7 +91,6 @@ def test_dask_array_of_pydata_sparse_chunks(counts, dense_results, fmt, beta_los
     )
     assert isinstance(V.blocks[0, 0].compute(), pydata_sparse.SparseArray)
     res = fit(V, beta_loss)
-    assert res.source["kind"] == "dask"
     ref = dense_results[beta_loss]
     np.testing.assert_allclose(res.H, ref.H, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(res.loss_history, ref.loss_history, rtol=1e-9)
