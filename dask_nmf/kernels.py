@@ -151,6 +151,13 @@ def kl_w_update(
 # --------------------------------------------------------------------------
 # One fused pass over a block: W update + partial sums for H + loss terms
 # --------------------------------------------------------------------------
+def _product(a, b, out: np.ndarray) -> np.ndarray:
+    """``a @ b`` into ``out`` (dense), or a new array (a sparse operand)."""
+    if sp.issparse(b) or out.dtype != np.result_type(a, b):
+        return a @ b
+    return np.matmul(a, b, out=out)
+
+
 def frobenius_block_step(
     V: np.ndarray,
     W: np.ndarray,
@@ -172,6 +179,9 @@ def frobenius_block_step(
     W_new = np.empty_like(W)
     A = np.zeros((k, n), dtype=W.dtype)
     B = np.zeros((k, k), dtype=W.dtype)
+    # One k x n product buffer per block, not one per sub-block: large
+    # temporaries are fresh mmaps under dask's MALLOC_TRIM_THRESHOLD_ setting.
+    product = np.empty((k, n), dtype=A.dtype)
     if initial_loss:
         A0 = np.zeros((k, n), dtype=W.dtype)
         B0 = np.zeros((k, k), dtype=W.dtype)
@@ -179,10 +189,10 @@ def frobenius_block_step(
         Vs, Ws = V[rows], W[rows]
         Wn = frobenius_w_update(Vs, Ws, H, HHt, l1, l2)
         W_new[rows] = Wn
-        A += Wn.T @ Vs
+        A += _product(Wn.T, Vs, product)
         B += Wn.T @ Wn
         if initial_loss:
-            A0 += Ws.T @ Vs
+            A0 += _product(Ws.T, Vs, product)
             B0 += Ws.T @ Ws
     partials = {"A": A, "B": B}
     if initial_loss:
@@ -212,6 +222,7 @@ def kl_block_step(
     H_sum = H.sum(axis=1)
     W_new = np.empty_like(W)
     A = np.zeros((k, n), dtype=W.dtype)
+    product = np.empty((k, n), dtype=A.dtype)
     vlogr = 0.0
     row_bytes = _row_bytes(V)
     ratio_buf = log_buf = None
@@ -227,7 +238,7 @@ def kl_block_step(
             vlogr += _vlogr(Vs, ratio, out=None if log_buf is None else log_buf[:size])
         Wn = kl_w_update(Vs, Ws, H, H_sum, l1, l2, ratio=ratio)
         W_new[rows] = Wn
-        A += Wn.T @ _kl_ratio(Vs, Wn, H, out=ratio)
+        A += _product(Wn.T, _kl_ratio(Vs, Wn, H, out=ratio), product)
     partials = {"A": A, "w_sum": W_new.sum(axis=0)}
     if with_loss:
         partials.update(vlogr=vlogr, w0_sum=W.sum(axis=0, dtype=np.float64))
