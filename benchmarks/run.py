@@ -4,7 +4,7 @@
     python benchmarks/run.py --quick         # reduced sizes/repeats (about 2-3 min)
     python benchmarks/run.py --case peers --case roofline
 
-Cases (in this order): peers, roofline, profile, outofcore, scaling, sparse.
+Cases (in this order): peers, roofline, profile, outofcore, scaling, sparse, codecs.
 Each prints its tables and writes ``benchmarks/results/<case>.json`` (sweeps also a
 PNG); all printed tables of the run also go to ``benchmarks/results/report[_quick].md``.
 Synthetic data (zarr stores) is made once under ``--data-dir`` (default
@@ -31,6 +31,7 @@ CASES = {
     "outofcore": "bench_outofcore",
     "scaling": "bench_scaling",
     "sparse": "bench_sparse",
+    "codecs": "bench_codecs",
 }
 
 
