@@ -13,7 +13,6 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-from sklearn.utils import check_random_state
 
 from .io import InputError, InputMatrix, as_dask_array, check_factor
 
@@ -59,6 +58,8 @@ def random_init(V: InputMatrix, k: int, v_mean: float, random_state: Any):
     H comes from ``random_state`` first, then one seed for W, whose rows are
     drawn in fixed tiles: the result does not depend on the row blocks.
     """
+    from sklearn.utils import check_random_state  # (scikit-learn is slow to import)
+
     rng = check_random_state(random_state)
     avg = float(np.sqrt(v_mean / k))
     H = avg * rng.standard_normal(size=(k, V.shape[1])).astype(V.dtype, copy=False)
@@ -112,6 +113,8 @@ def nndsvd_init(
     own functions) keeps the m x k left singular vectors on the cluster while
     W is made.
     """
+    from sklearn.utils import check_random_state  # (scikit-learn is slow to import)
+
     rng = check_random_state(random_state)
     Vd = as_dask_array(V)
     U, S, Vt = da.linalg.svd_compressed(Vd, k, n_power_iter=2, seed=int(rng.randint(0, 2**31 - 1)))

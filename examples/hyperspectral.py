@@ -52,6 +52,7 @@ from dask.utils import format_bytes, parse_bytes  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 
 import dask_nmf  # noqa: E402
+from dask_nmf.datasets import fast_compressors  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -165,7 +166,12 @@ def write_cube(path: Path | None, size: int, bands: int, k: int, noise: float, s
         meta=np.empty((0, 0), dtype=np.float32),
     )
     target = zarr.create_array(
-        str(path), shape=V.shape, chunks=(strip * size, bands), dtype="float32", overwrite=True
+        str(path),
+        shape=V.shape,
+        chunks=(strip * size, bands),
+        dtype="float32",
+        compressors=fast_compressors(),  # Blosc-LZ4: decodes 2x faster than the default zstd
+        overwrite=True,
     )
     target.attrs.update(
         {"height": size, "width": size, "wavelength_nm": wavelengths(bands).tolist()}
