@@ -33,6 +33,7 @@ import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 from dask.delayed import Delayed
+from dask.utils import parse_bytes
 
 from . import kernels, persistence
 from .init import custom_init, nndsvd_init, random_init, resolve_init
@@ -220,6 +221,27 @@ class Runner:
 
         per_task = max(1, (os.cpu_count() or 1) // self.parallelism)
         return ThreadpoolController().limit(limits=per_task, user_api="blas")
+
+    def block_size_limit(self):
+        """A context capping dask's ``array.chunk-size`` (the default block size) by memory.
+
+        A worker thread holds about six row blocks at its peak (one being read,
+        one being worked on, copies, W blocks, partial sums: benchmarks'
+        "outofcore"), so blocks get at most 1/16 of a worker's memory limit per
+        thread, which keeps workers below dask's 60 % memory target.
+        """
+        if not self.distributed:
+            return contextlib.nullcontext()
+        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        per_thread = [
+            w["memory_limit"] / max(1, w.get("nthreads", 1))
+            for w in workers
+            if w.get("memory_limit")
+        ]
+        current = parse_bytes(dask.config.get("array.chunk-size"))
+        if not per_thread or min(per_thread) / 16 >= current:
+            return contextlib.nullcontext()
+        return dask.config.set({"array.chunk-size": max(1, int(min(per_thread) / 16))})
 
     def memory_budget(self) -> float:
         """Bytes of V worth keeping in memory: half the workers' memory limits."""
@@ -436,7 +458,9 @@ def factorize(
         Regularization, scaled as in scikit-learn (W terms by n, H terms by m).
     block_rows : int, optional
         Rows of V per block (and per W block).  Default: from dask's
-        ``array.chunk-size``, rounded to the store's row chunks.
+        ``array.chunk-size`` (on a cluster at most 1/16 of a worker thread's
+        memory limit), at least two blocks per worker thread, rounded to the
+        store's row chunks.
     client : distributed.Client, optional
         Where to run; default: the current default client if there is one,
         else dask's local threaded scheduler.  No cluster is started here.
@@ -506,17 +530,18 @@ def factorize(
         # Continue with the checkpoint's row blocks (W is stored in them).
         with contextlib.suppress(FileNotFoundError, ValueError):
             block_rows = persistence.read_meta(checkpoint, storage_options)["params"]["block_rows"]
-    Vin = open_input(
-        V,
-        block_rows,
-        array=array,
-        dtype=dtype,
-        storage_options=storage_options,
-        parallelism=runner.parallelism,
-        variable=variable,
-        sample_dims=sample_dims,
-        feature_dims=feature_dims,
-    )
+    with runner.block_size_limit():
+        Vin = open_input(
+            V,
+            block_rows,
+            array=array,
+            dtype=dtype,
+            storage_options=storage_options,
+            parallelism=runner.parallelism,
+            variable=variable,
+            sample_dims=sample_dims,
+            feature_dims=feature_dims,
+        )
     m, n = Vin.shape
     k = int(n_components)
     init = resolve_init(init, k, Vin.shape)

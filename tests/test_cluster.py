@@ -134,3 +134,30 @@ def test_default_client_is_used_and_temp_store_removed(cluster_client, V_small):
     assert any(isinstance(v, Future) for v in values)  # W lives on the cluster
     assert set(glob.glob(f"{tempfile.gettempdir()}/dask-nmf-*")) == before
     assert np.isfinite(cluster_client.compute(res.W, sync=True)).all()
+
+
+def test_default_blocks_follow_worker_memory():
+    """Blocks get at most 1/16 of a worker thread's memory limit (here 512 MiB / 2 / 16)."""
+    import dask.array as da
+    from distributed import LocalCluster
+
+    V = da.ones((400_000, 100), chunks=(1000, 100))  # 320 MB, never in memory whole
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=False,
+            memory_limit="512MiB",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        res = dask_nmf.factorize(V, 2, init="random", max_iter=1, tol=0, client=client)
+    block_bytes = res.params["block_rows"] * 100 * 8
+    assert block_bytes <= 512 * 2**20 // 2 // 16
+    assert res.params["block_rows"] == 20_000  # 16 MiB rounded down to whole 1000-row chunks
+    # Without a cluster the same V gets dask's 128 MiB chunk-size cap, split for 2 threads.
+    assert (
+        dask_nmf.factorize(V[:40_000], 2, init="random", max_iter=1, tol=0).params["block_rows"]
+        > 20_000
+    )
