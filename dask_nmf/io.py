@@ -16,6 +16,7 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+import scipy.sparse as sp
 import zarr
 from dask.utils import parse_bytes
 
@@ -134,7 +135,6 @@ class ZarrCSR:
 
 def read_csr_rows(path, group, start, stop, n_cols, storage_options=None):
     """Rows ``start:stop`` of a zarr CSR group as a SciPy CSR matrix."""
-    import scipy.sparse as sp
 
     g = zarr.open_group(path, path=group, mode="r", storage_options=storage_options)
     indptr = g["indptr"][start : stop + 1].astype(np.int64)
@@ -206,7 +206,6 @@ def open_zarr_array(
 
 
 def _is_sparse_array(V: Any) -> bool:
-    import scipy.sparse as sp
 
     if sp.issparse(V):
         return True
@@ -263,8 +262,6 @@ def open_input(
         V = open_zarr_array(V, array, storage_options)
     elif array is not None:
         raise InputError("array= only applies when V is a path to a zarr group")
-
-    import scipy.sparse as sp
 
     sparse = _is_sparse_array(V) or isinstance(V, ZarrCSR)
     if isinstance(V, zarr.Array):
@@ -449,8 +446,23 @@ def as_dask_array(V: InputMatrix) -> da.Array:
 def block_sources(V: InputMatrix) -> list:
     """One dask ``Delayed`` (or in-memory array) per row block of V."""
     if V.local is not None:
-        return [V.local[a:b] for a, b in V.bounds]
+        if sp.issparse(V.local):
+            return [_csr_rows(V.local, a, b) for a, b in V.bounds]
+        return [V.local[a:b] for a, b in V.bounds]  # views
     return list(V.array.to_delayed().ravel())
+
+
+def _csr_rows(X, start: int, stop: int):
+    """Rows ``start:stop`` of a CSR matrix as a view of its arrays.
+
+    ``X[start:stop]`` would copy them: for a sparse V in memory, a second V.
+    """
+    a, b = X.indptr[start], X.indptr[stop]
+    # (The (data, indices, indptr) constructor copies them, whatever ``copy`` says.)
+    out = sp.csr_matrix((stop - start, X.shape[1]), dtype=X.dtype)
+    out.data, out.indices = X.data[a:b], X.indices[a:b]
+    out.indptr = X.indptr[start : stop + 1] - a
+    return out
 
 
 def check_stats(stats: dict, name: str = "V") -> None:

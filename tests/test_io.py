@@ -170,3 +170,18 @@ def test_bad_custom_init_is_refused_before_V_is_read(tmp_path, V_small, start):
     with pytest.raises(InputError, match="W_init has shape"):
         dask_nmf.factorize(arr, 4, W_init=W0[:10], H_init=H0)
     assert store.chunk_reads == 0
+
+
+def test_sparse_blocks_are_views_of_V():
+    """Row blocks of an in-memory CSR V share its arrays (no second copy of V)."""
+    import scipy.sparse as sp
+
+    from dask_nmf.io import block_sources
+
+    X = sp.random(300, 40, density=0.1, format="csr", random_state=0)
+    Vin = open_input(X, 70)
+    blocks = block_sources(Vin)
+    assert len(blocks) == 5
+    for block, (a, b) in zip(blocks, Vin.bounds):
+        assert np.shares_memory(block.data, Vin.local.data)
+        assert (block != X[a:b]).nnz == 0
