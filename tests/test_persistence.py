@@ -124,9 +124,12 @@ CHILD = textwrap.dedent(
     import sys, numpy as np, dask_nmf
     rng = np.random.default_rng(7)
     V = rng.random((4000, 8)) @ rng.random((8, 300)) + 0.01 * rng.random((4000, 300))
-    print("ready", flush=True)
+    def ready(it, path):  # the first checkpoint is on disk: from now on, kill at any moment
+        if it == 0:
+            print("ready", flush=True)
     dask_nmf.factorize(V, 8, beta_loss=sys.argv[2], init="random", random_state=1, max_iter=100000,
-                       tol=0, block_rows=500, checkpoint=sys.argv[1], checkpoint_every=1)
+                       tol=0, block_rows=500, checkpoint=sys.argv[1], checkpoint_every=1,
+                       on_checkpoint=ready)
     """
 )
 
@@ -150,7 +153,7 @@ def test_sigkill_at_random_moments_leaves_a_consistent_checkpoint(tmp_path, beta
             [sys.executable, str(script), str(path), beta_loss], stdout=subprocess.PIPE
         )
         assert proc.stdout.readline().strip() == b"ready"
-        time.sleep(1.0 + 2.0 * rng.random())
+        time.sleep(0.5 + 2.0 * rng.random())
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         ck = dask_nmf.load(path)  # readable, whatever moment the kill hit
