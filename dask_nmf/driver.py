@@ -222,6 +222,10 @@ class Runner:
         per_task = max(1, (os.cpu_count() or 1) // self.parallelism)
         return ThreadpoolController().limit(limits=per_task, user_api="blas")
 
+    def _workers(self) -> list[dict]:
+        """The scheduler's description of each worker (a cluster only)."""
+        return list(self.client.scheduler_info(n_workers=-1)["workers"].values())
+
     def block_size_limit(self):
         """A context capping dask's ``array.chunk-size`` (the default block size) by memory.
 
@@ -232,10 +236,9 @@ class Runner:
         """
         if not self.distributed:
             return contextlib.nullcontext()
-        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
         per_thread = [
             w["memory_limit"] / max(1, w.get("nthreads", 1))
-            for w in workers
+            for w in self._workers()
             if w.get("memory_limit")
         ]
         current = parse_bytes(dask.config.get("array.chunk-size"))
@@ -246,8 +249,7 @@ class Runner:
     def memory_budget(self) -> float:
         """Bytes of V worth keeping in memory: half the workers' memory limits."""
         if self.distributed:
-            workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
-            limits = [w.get("memory_limit") or 0 for w in workers]
+            limits = [w.get("memory_limit") or 0 for w in self._workers()]
             return 0.5 * float(sum(limits))
         import psutil
 
@@ -267,14 +269,23 @@ def _delayed(x: Any, name: str | None = None):
     return dask.delayed(x)
 
 
-def tree_reduce(parts: list, combine: Callable, split_every: int = SPLIT_EVERY):
-    """Combine delayed values in a tree of fan-in ``split_every``."""
+def _reduction_tree(parts: list, node: Callable, split_every: int = SPLIT_EVERY) -> Any:
+    """Reduce ``parts`` in a tree of fan-in ``split_every``; ``node(group, level, i)``
+    makes the node combining ``group`` (the ``i``-th slice at depth ``level``)."""
+    level = 0
     while len(parts) > 1:
         parts = [
-            dask.delayed(combine, pure=False)(parts[i : i + split_every])
-            for i in range(0, len(parts), split_every)
+            node(parts[i : i + split_every], level, i) for i in range(0, len(parts), split_every)
         ]
+        level += 1
     return parts[0]
+
+
+def tree_reduce(parts: list, combine: Callable, split_every: int = SPLIT_EVERY):
+    """Combine delayed values in a tree of fan-in ``split_every``."""
+    return _reduction_tree(
+        parts, lambda group, *_: dask.delayed(combine, pure=False)(group), split_every
+    )
 
 
 def _graph_ref(x: Any, name: str, dsk: dict, client: Any = None) -> Any:
@@ -295,15 +306,13 @@ def _graph_ref(x: Any, name: str, dsk: dict, client: Any = None) -> Any:
 
 def _tree_reduce_keys(dsk: dict, keys: list, combine: Callable, prefix: str) -> Any:
     """:func:`tree_reduce` for a plain graph: adds the combine tasks, returns the root key."""
-    level = 0
-    while len(keys) > 1:
-        new = []
-        for j in range(0, len(keys), SPLIT_EVERY):
-            key = f"{prefix}-{level}-{j}"
-            dsk[key] = (combine, list(keys[j : j + SPLIT_EVERY]))
-            new.append(key)
-        keys, level = new, level + 1
-    return keys[0]
+
+    def node(group: list, level: int, i: int) -> str:
+        key = f"{prefix}-{level}-{i}"
+        dsk[key] = (combine, group)
+        return key
+
+    return _reduction_tree(keys, node)
 
 
 def input_stats(runner: Runner, sources: list) -> dict:

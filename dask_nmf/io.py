@@ -135,7 +135,6 @@ class ZarrCSR:
 
 def read_csr_rows(path, group, start, stop, n_cols, storage_options=None):
     """Rows ``start:stop`` of a zarr CSR group as a SciPy CSR matrix."""
-
     g = zarr.open_group(path, path=group, mode="r", storage_options=storage_options)
     indptr = g["indptr"][start : stop + 1].astype(np.int64)
     lo, hi = int(indptr[0]), int(indptr[-1])
@@ -206,7 +205,6 @@ def open_zarr_array(
 
 
 def _is_sparse_array(V: Any) -> bool:
-
     if sp.issparse(V):
         return True
     meta = getattr(V, "_meta", None)
