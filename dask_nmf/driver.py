@@ -35,15 +35,18 @@ import scipy.sparse as sp
 from dask.delayed import Delayed
 from dask.utils import parse_bytes
 
-from . import kernels, persistence
+from . import kernels, persistence, workers
 from .init import custom_init, nndsvd_init, random_init, resolve_init
 from .io import (
+    BlockReader,
     InputError,
     InputMatrix,
     block_sources,
     check_stats,
     label_results,
     open_input,
+    read_rows_into,
+    release_read_buffers,
 )
 from .persistence import NMFResult
 
@@ -173,11 +176,22 @@ class Runner:
             handles = list(values[: len(blocks)])
         return handles, value
 
-    def run_graph(self, dsk: dict, block_keys: list, reduced_key: Any) -> tuple[list, Any]:
-        """Like :meth:`run`, for a plain task graph ``dsk`` (the per-iteration hot path)."""
+    def run_graph(
+        self, dsk: dict, block_keys: list, reduced_key: Any, owners: Any = None
+    ) -> tuple[list, Any]:
+        """Like :meth:`run`, for a plain task graph ``dsk`` (the per-iteration hot path).
+
+        ``owners`` (a :class:`BlockOwners`) pins tasks to workers, loosely.
+        """
         keys = [*block_keys, reduced_key]
         if self.distributed:
-            futures = self.client.get(dsk, keys, sync=False)
+            pin = (
+                dask.annotate(workers=owners, allow_other_workers=True)
+                if owners is not None
+                else contextlib.nullcontext()
+            )
+            with pin:
+                futures = self.client.get(dsk, keys, sync=False)
             return list(futures[:-1]), futures[-1].result()
         get = dask.base.get_scheduler() or dask.threaded.get
         values = get(dsk, keys)
@@ -222,6 +236,17 @@ class Runner:
         per_task = max(1, (os.cpu_count() or 1) // self.parallelism)
         return ThreadpoolController().limit(limits=per_task, user_api="blas")
 
+    def block_owners(self, n_blocks: int) -> list[str] | None:
+        """A worker for each of ``n_blocks`` blocks, spread in proportion to threads."""
+        if not self.distributed:
+            return None
+        slots = [
+            addr
+            for addr, info in sorted(self.client.scheduler_info(n_workers=-1)["workers"].items())
+            for _ in range(max(1, info.get("nthreads", 1)))
+        ]
+        return [slots[i % len(slots)] for i in range(n_blocks)] if slots else None
+
     def _workers(self) -> list[dict]:
         """The scheduler's description of each worker (a cluster only)."""
         return list(self.client.scheduler_info(n_workers=-1)["workers"].values())
@@ -254,6 +279,24 @@ class Runner:
         import psutil
 
         return 0.25 * float(psutil.virtual_memory().available)
+
+
+class BlockOwners:
+    """``dask.annotate(workers=...)`` for the keys ``<prefix><i>``: block i's worker.
+
+    Evaluated by the scheduler for each key of a graph; other keys get no
+    restriction.
+    """
+
+    def __init__(self, prefix: str, owners: list[str]):
+        self.prefix, self.owners = prefix, owners
+
+    def __call__(self, key: Any) -> list[str]:
+        if isinstance(key, str) and key.startswith(self.prefix):
+            tail = key[len(self.prefix) :]
+            if tail.isdigit() and int(tail) < len(self.owners):
+                return [self.owners[int(tail)]]
+        return []
 
 
 def _in_memory(x: Any) -> bool:
@@ -339,10 +382,22 @@ class _Fit:
         # The iteration graph is a plain dict: building it through dask.delayed
         # cost ~3 ms per block and iteration here, a quarter of a Frobenius pass.
         self.source_graph: dict = {}
-        self.source_refs = [
-            _graph_ref(s, f"nmf-V-{self.token}-{i}", self.source_graph, runner.client)
-            for i, s in enumerate(sources)
-        ]
+        if V.zarr is not None:
+            # V's blocks are read inside the tasks that update them: no block of V
+            # is ever a task's result (held by a worker, moved to another), and
+            # each step runs where its W block already is.
+            reader = BlockReader(V.zarr, V.dtype)
+            self.source_refs = [(read_rows_into, reader, a, b) for a, b in V.bounds]
+            # ... and each block stays on one worker, a balanced share per worker
+            # (dask would otherwise keep whatever imbalance the first placement had).
+            self.owners = runner.block_owners(len(V.bounds))
+        else:
+            # In-memory or kept blocks of V: each step runs where its V block is.
+            self.source_refs = [
+                _graph_ref(s, f"nmf-V-{self.token}-{i}", self.source_graph, runner.client)
+                for i, s in enumerate(sources)
+            ]
+            self.owners = None
 
     def step(self, W: list, H: np.ndarray, t: int, first: bool, with_loss: bool = True):
         """Run one MU pass from state (W, H); returns (W', partial sums).
@@ -369,7 +424,8 @@ class _Fit:
             p_keys.append(f"nmf-partials-{tag}-{i}")
         total = _tree_reduce_keys(dsk, p_keys, kernels.sum_partials, f"nmf-sum-{tag}")
         self.graph_tasks.append(len(dsk))
-        return self.runner.run_graph(dsk, w_keys, total)
+        owners = BlockOwners(f"nmf-step-{tag}-", self.owners) if self.owners else None
+        return self.runner.run_graph(dsk, w_keys, total, owners)
 
     def loss_only(self, W: list, H: np.ndarray) -> float:
         """The loss at (W, H) by a separate pass (needed only at the very end for KL)."""
@@ -608,6 +664,7 @@ def factorize(
             keep_in_memory = Vin.nbytes <= runner.memory_budget()
         if keep_in_memory:
             (Vin.array,) = runner.persist(Vin.array)
+            Vin.zarr = None  # the iterations use the kept blocks, not the store
     sources = runner.place(block_sources(Vin))
 
     stats = input_stats(runner, sources)  # validation and statistics in one pass
@@ -629,9 +686,15 @@ def factorize(
             )
     meta = {"params": params, "input": Vin.source, "beta_loss": BETA_NAMES[beta]}
 
-    blas = runner.blas_limits()
-    blas.__enter__()
+    # What the fit changes for its duration (BLAS threads, the workers' malloc),
+    # undone in the ``finally`` below.
+    settings = contextlib.ExitStack()
+    settings.enter_context(runner.blas_limits())
+    settings.callback(release_read_buffers)
     try:
+        settings.enter_context(
+            workers.tuned_for_blocks(runner.client, Vin.nbytes // len(Vin.bounds))
+        )
         if resume_meta is not None:
             W_h, H, losses, t = _restore(checkpoint, resume_meta, Vin, storage_options)
         else:
@@ -739,7 +802,7 @@ def factorize(
             # The result's blocks must not depend on the temporary store.
             W_h, _ = runner.run([_delayed(w) for w in W_h])
     finally:
-        blas.__exit__(None, None, None)
+        settings.close()
         if temp_store is not None:
             persistence.remove_store(temp_store)
 

@@ -9,6 +9,8 @@ never loaded whole and never written.
 from __future__ import annotations
 
 import os
+import threading
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +46,9 @@ class InputMatrix:
         V itself when it was given in memory: a NumPy array or a SciPy CSR matrix.
     sparse
         Whether V's blocks are sparse (CSR); the kernels then never densify them.
+    zarr
+        The dense zarr array V is read from, when it is one: the solver then
+        reads each block inside the task that updates it (:func:`read_rows_into`).
     source
         A description of where V came from (path, chunks), kept with results.
     labels
@@ -60,6 +65,7 @@ class InputMatrix:
     labels: dict | None = None
     sparse: bool = False
     stored_bytes: int | None = None
+    zarr: zarr.Array | None = None
 
     @property
     def block_rows(self) -> int:
@@ -326,6 +332,7 @@ def open_input(
     elif isinstance(V, zarr.Array):
         # Reads each row block straight from the store, whatever its chunking.
         arr = da.from_zarr(V, chunks=chunks)
+        common["zarr"] = V
     else:
         arr = V.rechunk(chunks) if V.chunks != chunks else V
     if arr.dtype != compute_dtype:
@@ -448,6 +455,62 @@ def block_sources(V: InputMatrix) -> list:
             return [_csr_rows(V.local, a, b) for a, b in V.bounds]
         return [V.local[a:b] for a, b in V.bounds]  # views
     return list(V.array.to_delayed().ravel())
+
+
+#: One reusable block buffer per thread for :func:`read_rows_into` (thread id -> array).
+_BUFFERS: dict[int, np.ndarray] = {}
+_BUFFERS_LOCK = threading.Lock()
+
+
+class BlockReader:
+    """A dense zarr array as a task argument of the solver's fused read-and-update steps.
+
+    dask tokenizes every argument of a graph submitted to a cluster, every
+    iteration; normalizing a ``zarr.Array`` took ~1.3 ms, so it is hidden
+    behind a token made once (the array itself still travels with the task,
+    1.3 kB pickled).
+    """
+
+    def __init__(self, array: zarr.Array, dtype: Any):
+        self.array, self.dtype = array, np.dtype(dtype)
+        self.token = f"nmf-zarr-reader-{uuid.uuid4().hex}"
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+
+def read_rows_into(reader: BlockReader, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of ``reader``'s array, decoded into this thread's buffer.
+
+    For a task that reads V's block and is done with it before it returns (the
+    solver's fused read-and-update step): the array returned is overwritten by
+    this thread's next call.  Reusing one buffer per thread, instead of a fresh
+    block-sized allocation per read, spares the page faults of mapping new
+    memory for every block (see :mod:`dask_nmf.workers`).
+    """
+    from zarr.core.buffer import default_buffer_prototype
+
+    z = reader.array
+    rows, n = stop - start, z.shape[1]
+    tid = threading.get_ident()
+    with _BUFFERS_LOCK:
+        buf = _BUFFERS.get(tid)
+        if buf is None or buf.shape[0] < rows or buf.shape[1] != n or buf.dtype != z.dtype:
+            buf = _BUFFERS[tid] = np.empty((rows, n), dtype=z.dtype)
+    out = buf[:rows]
+    z.get_basic_selection(
+        (slice(start, stop), slice(None)),
+        out=default_buffer_prototype().nd_buffer.from_numpy_array(out),
+    )
+    return out if out.dtype == reader.dtype else out.astype(reader.dtype)
+
+
+def release_read_buffers() -> int:
+    """Drop the block buffers of :func:`read_rows_into` (all threads); returns how many."""
+    with _BUFFERS_LOCK:
+        count = len(_BUFFERS)
+        _BUFFERS.clear()
+    return count
 
 
 def _csr_rows(X, start: int, stop: int):
