@@ -156,3 +156,32 @@ def test_default_blocks_follow_worker_memory():
     # Without a cluster the same V gets dask's 128 MiB chunk-size cap, split for 2 threads.
     local = dask_nmf.factorize(V, 2, init="random", max_iter=1, tol=0, keep_in_memory=False)
     assert local.params["block_rows"] == 50_000
+
+
+def test_out_of_core_blocks_stay_on_balanced_workers(cluster_client, zarr_V):
+    """V re-read from zarr: each block's step runs on one worker, the same every
+    iteration, and the blocks are shared evenly; no block of V is a task result."""
+    from distributed import get_task_stream
+
+    with get_task_stream(cluster_client) as stream:
+        dask_nmf.factorize(
+            zarr_V,
+            3,
+            init="random",
+            max_iter=4,
+            tol=0,
+            block_rows=20,  # 8 blocks
+            client=cluster_client,
+            keep_in_memory=False,
+        )
+    where: dict[int, set] = {}
+    for task in stream.data:
+        key = str(task["key"])
+        if key.startswith("nmf-step-") and not key.split("-")[-2] == "0":  # iterations >= 1
+            where.setdefault(int(key.split("-")[-1]), set()).add(task["worker"])
+    # V's blocks are task results only in the one validation/statistics pass
+    assert sum(str(t["key"]).startswith("('from-zarr") for t in stream.data) == 8
+    assert sorted(where) == list(range(8))
+    assert all(len(w) == 1 for w in where.values()), where
+    per_worker = [sum(w == {addr} for w in where.values()) for addr in cluster_client.nthreads()]
+    assert per_worker == [4, 4]

@@ -185,3 +185,37 @@ def test_sparse_blocks_are_views_of_V():
     for block, (a, b) in zip(blocks, Vin.bounds):
         assert np.shares_memory(block.data, Vin.local.data)
         assert (block != X[a:b]).nnz == 0
+
+
+@pytest.mark.parametrize("store_dtype, dtype", [("float64", "float64"), ("float32", "float64")])
+def test_fused_reads_decode_into_one_buffer_per_thread(tmp_path, V_small, store_dtype, dtype):
+    from dask_nmf.io import BlockReader, read_rows_into, release_read_buffers
+
+    V = V_small.astype(store_dtype)
+    z = zarr.open_array(write_zarr(tmp_path / "V.zarr", V, chunks=(23, 17)), mode="r")
+    reader = BlockReader(z, dtype)
+    release_read_buffers()
+    first = read_rows_into(reader, 0, 50)
+    np.testing.assert_array_equal(first, V[:50].astype(dtype))
+    assert first.dtype == np.dtype(dtype)
+    first_copy = first.copy()
+    last = read_rows_into(reader, 150, 157)  # the short last block
+    np.testing.assert_array_equal(last, V[150:].astype(dtype))
+    if store_dtype == dtype:
+        # the same memory, overwritten: the caller must be done with a block before the next
+        assert np.shares_memory(first, last)
+        assert not np.array_equal(first[:7], first_copy[:7])
+    else:
+        assert not np.shares_memory(first, last)  # converted copies
+    assert release_read_buffers() == 1
+    assert release_read_buffers() == 0
+
+
+def test_block_reader_tokenizes_without_touching_the_array(tmp_path, V_small):
+    from dask.base import tokenize
+
+    from dask_nmf.io import BlockReader
+
+    z = zarr.open_array(write_zarr(tmp_path / "V.zarr", V_small, chunks=(23, 17)), mode="r")
+    a, b = BlockReader(z, "float64"), BlockReader(z, "float64")
+    assert tokenize(a) == tokenize(a) != tokenize(b)  # one token per reader, made once
