@@ -7,18 +7,28 @@ of the workers' resident memory is sampled every 50 ms (``client.run(psutil)``
 from a thread) and each worker's high-water mark (``getrusage``) is read at the
 end.  Peak memory is reported as a ratio to one row block of V; it must not grow
 with V.
+
+Each iteration is also compared with its roofline, measured in the same run:
+``max(bytes(V) / decode rate, 4 m n k / GEMM peak)``, the decode rate being
+what zarr reads and decodes of that store per second on 2 threads in this
+process (no dask), the peak a square float64 GEMM on 2 threads.  One size is
+run a second time with dask's own worker malloc settings
+(``dask-nmf.worker-malloc: False``) to show what the tuning buys.
 """
 
 from __future__ import annotations
 
 import time
 
+import dask
 import numpy as np
+from bench_roofline import zarr_bandwidth
 from common import (
     RSSSampler,
     _reset_maxrss,
     _worker_maxrss,
     _worker_rss,
+    best_of,
     data_dir,
     local_cluster,
     store_bytes,
@@ -34,6 +44,13 @@ def _import_worker_modules():
     import dask_nmf  # noqa: F401
 
     return True
+
+
+def gemm_peak_gflops() -> float:
+    """float64 GFLOP/s of a square 2000 x 2000 product on this process's BLAS threads."""
+    a = np.random.default_rng(0).random((2000, 2000))
+    t = best_of(lambda: a @ a, repeats=3)
+    return 2 * 2000**3 / t / 1e9
 
 
 def one_size(path, m, n, k, block_rows, iters, n_workers, memory_limit, log) -> dict:
@@ -69,6 +86,7 @@ def one_size(path, m, n, k, block_rows, iters, n_workers, memory_limit, log) -> 
     idle_sum = sum(idle.values())
     limit_total = n_workers * memory_limit
     row = {
+        "label": "",
         "rows": m, "V_MiB": m * n * itemsize / 2**20, "V_stored_MiB": store_bytes(path) / 2**20,
         "V_over_memory_limit": m * n * itemsize / limit_total,
         "iterations": res.n_iter, "wall_s": wall,
@@ -88,7 +106,7 @@ def one_size(path, m, n, k, block_rows, iters, n_workers, memory_limit, log) -> 
         "loss_first_last": [res.loss_history[0], res.loss_history[-1]],
         "kept_in_memory": getattr(res, "diagnostics", {}).get("kept_in_memory"),
     }
-    log(f"    V {row['V_MiB']:6.0f} MiB ({row['V_over_memory_limit']:.1f}x the workers' memory): "
+    log(f"    {row['label']}V {row['V_MiB']:6.0f} MiB ({row['V_over_memory_limit']:.1f}x the workers' memory): "
         f"{row['ms_per_iter']:.0f} ms/iter, peak RSS {row['peak_rss_MiB']:.0f} MiB "
         f"(idle {row['idle_rss_MiB']:.0f}) = {row['peak_over_block']:.1f} blocks, "
         f"{row['peak_minus_idle_over_block']:.1f} blocks above idle")
@@ -104,27 +122,44 @@ def run(args, ctx) -> dict:
     n_workers = 2
     memory_limit = 320 * 2**20
     sizes = [8000, 16000, 32000] if quick else [16000, 32000, 64000, 128000]
-    iters = 3 if quick else 4
+    iters = 3 if quick else 5
     rows = []
+    wait_quiet()
+    peak = gemm_peak_gflops()
+    log(f"  GEMM peak (float64, square, 2 threads): {peak:.0f} GFLOP/s")
     log(f"  LocalCluster {n_workers} workers x 1 thread, memory_limit {memory_limit / 2**20:.0f} MiB each; "
         f"n={n}, k={k}, float64, block_rows={block_rows} ({block_rows * n * 8 / 2**20:.0f} MiB blocks), "
         f"{iters} iterations, keep_in_memory=False")
     for m in sizes:
         path = zarr_store(data_dir(args) / f"ooc_{m}x{n}_float64.zarr", m, n, np.float64,
                           chunk_rows=chunk_rows, log=log)
-        rows.append(one_size(path, m, n, k, block_rows, iters, n_workers, memory_limit, log))
+        bw = zarr_bandwidth(path, threads_list=(2,))["read_decompress_gbs_2t"]
+        floor_ms = 1e3 * max(m * n * 8 / (bw * 1e9), 4 * m * n * k / (peak * 1e9))
+        log(f"    store decodes at {bw:.2f} GB/s on 2 threads: roofline {floor_ms:.0f} ms/iter")
+        variants = [("", {})]
+        if m == sizes[1]:
+            variants.append(("dask's worker malloc: ", {"dask-nmf.worker-malloc": False}))
+        for label, config in variants:
+            with dask.config.set(config):
+                row = one_size(path, m, n, k, block_rows, iters, n_workers, memory_limit, log)
+            row.update(label=label.rstrip(": "), decode_GBs_2t=bw, roofline_ms=floor_ms,
+                       over_roofline=row["ms_per_iter"] / floor_ms)
+            log(f"      {row['ms_per_iter']:.0f} ms/iter = {row['over_roofline']:.2f}x the roofline")
+            rows.append(row)
     log("")
-    log(table(rows, ["V_MiB", "V_over_memory_limit", "ms_per_iter", "read_GBs", "idle_rss_MiB", "peak_rss_MiB",
+    log(table(rows, ["label", "V_MiB", "V_over_memory_limit", "ms_per_iter", "read_GBs", "decode_GBs_2t",
+                     "roofline_ms", "over_roofline", "idle_rss_MiB", "peak_rss_MiB",
                      "peak_over_block", "peak_minus_idle_over_block", "maxrss_minus_idle_over_block",
                      "workers_restarted"],
               title=f"Out of core: {n_workers} workers x {memory_limit / 2**20:.0f} MiB, "
                     f"block = {block_rows}x{n} float64 = {block_rows * n * 8 / 2**20:.0f} MiB",
-              headers={"V_MiB": "V MiB", "V_over_memory_limit": "V / worker mem",
+              headers={"label": "variant", "decode_GBs_2t": "store decode GB/s (2 thr)",
+                       "roofline_ms": "roofline ms", "over_roofline": "x roofline", "V_MiB": "V MiB", "V_over_memory_limit": "V / worker mem",
                        "ms_per_iter": "ms/iter", "read_GBs": "V GB/s", "idle_rss_MiB": "idle RSS MiB",
                        "peak_rss_MiB": "peak RSS MiB", "peak_over_block": "peak / block",
                        "peak_minus_idle_over_block": "(peak-idle) / block",
                        "maxrss_minus_idle_over_block": "(maxrss-idle) / block",
                        "workers_restarted": "restarts"}))
     log("")
-    return {"n": n, "k": k, "block_rows": block_rows, "chunk_rows": chunk_rows, "n_workers": n_workers,
+    return {"gemm_peak_gflops": peak, "n": n, "k": k, "block_rows": block_rows, "chunk_rows": chunk_rows, "n_workers": n_workers,
             "memory_limit_bytes": memory_limit, "iterations": iters, "sizes": rows}

@@ -26,6 +26,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -176,14 +177,13 @@ class Runner:
             handles = list(values[: len(blocks)])
         return handles, value
 
-    def run_graph(
-        self, dsk: dict, block_keys: list, reduced_key: Any, owners: Any = None
-    ) -> tuple[list, Any]:
-        """Like :meth:`run`, for a plain task graph ``dsk`` (the per-iteration hot path).
+    def submit_graph(self, dsk: dict, keys: list, owners: Any = None) -> list:
+        """Start the plain task graph ``dsk`` (the per-iteration hot path).
 
-        ``owners`` (a :class:`BlockOwners`) pins tasks to workers, loosely.
+        On a cluster this returns at once with a future per key (see
+        :meth:`value`); on the local scheduler it computes and returns the
+        values.  ``owners`` (a :class:`BlockOwners`) pins tasks to workers, loosely.
         """
-        keys = [*block_keys, reduced_key]
         if self.distributed:
             pin = (
                 dask.annotate(workers=owners, allow_other_workers=True)
@@ -191,11 +191,21 @@ class Runner:
                 else contextlib.nullcontext()
             )
             with pin:
-                futures = self.client.get(dsk, keys, sync=False)
-            return list(futures[:-1]), futures[-1].result()
+                # fifo_timeout=0: every pass is a new "generation", so the tail of
+                # pass t (its sums, H, losses) runs before pass t + 1's blocks.
+                return list(self.client.get(dsk, keys, sync=False, fifo_timeout=0))
         get = dask.base.get_scheduler() or dask.threaded.get
-        values = get(dsk, keys)
-        return list(values[:-1]), values[-1]
+        return list(get(dsk, keys))
+
+    @staticmethod
+    def value(x: Any) -> Any:
+        """The value behind a handle from :meth:`submit_graph` (waits for a future)."""
+        return x.result() if hasattr(x, "result") and callable(x.result) else x
+
+    def cancel(self, handles: list) -> None:
+        """Stop computing what ``handles`` stand for (a pass that turned out not to be needed)."""
+        if self.distributed:
+            self.client.cancel([h for h in handles if hasattr(h, "key")])
 
     def compute(self, *objs):
         if self.distributed:
@@ -399,33 +409,61 @@ class _Fit:
             ]
             self.owners = None
 
-    def step(self, W: list, H: np.ndarray, t: int, first: bool, with_loss: bool = True):
-        """Run one MU pass from state (W, H); returns (W', partial sums).
+    def launch(self, W: list, state: Any, t: int, first: bool, with_loss: bool) -> _Pass:
+        """Start MU pass t from state t: W's blocks and ``state``, H or a handle of
+        ``(H, H H^T)`` from the previous pass.
 
-        For KL, ``with_loss`` adds the loss terms of the state (W, H).
+        Everything, the H update included, is one graph, so on a cluster the
+        next pass can be submitted before this one finishes: no round trip
+        through the client between passes.  Tasks on the path from the last
+        block to the next pass's first are few (each costs a scheduler hop).
         """
         tag = f"{self.token}-{t}"
         dsk = dict(self.source_graph)
-        h = _graph_ref(H, f"nmf-H-{tag}", dsk)
-        if self.beta == 2:
-            HHt = H @ H.T
-        w_keys, p_keys = [], []
+        if isinstance(state, tuple):  # a computed state (local scheduler): start from its H
+            state = state[0]
+        if _in_memory(state):
+            dsk[f"nmf-state-{tag}"] = (_state, self.beta, state)
+            state = f"nmf-state-{tag}"
+        h = (operator.getitem, state, 0)  # taken apart inside the tasks that use it
+        hht = (operator.getitem, state, 1)
+        w_keys, steps = [], []
         for i, (v, w) in enumerate(zip(self.source_refs, W)):
             w = _graph_ref(w, f"nmf-W-{tag}-{i}", dsk, self.runner.client)
             if self.beta == 2:
-                task = (kernels.frobenius_block_step, v, w, h, HHt, self.l1_W, self.l2_W, first)
+                task = (kernels.frobenius_block_step, v, w, h, hht, self.l1_W, self.l2_W, first)
             else:
                 task = (kernels.kl_block_step, v, w, h, self.l1_W, self.l2_W, with_loss)
-            step = f"nmf-step-{tag}-{i}"
-            dsk[step] = task
-            dsk[f"nmf-Wnew-{tag}-{i}"] = (operator.getitem, step, 0)
-            dsk[f"nmf-partials-{tag}-{i}"] = (operator.getitem, step, 1)
+            steps.append(f"nmf-step-{tag}-{i}")
+            dsk[steps[-1]] = task
             w_keys.append(f"nmf-Wnew-{tag}-{i}")
-            p_keys.append(f"nmf-partials-{tag}-{i}")
-        total = _tree_reduce_keys(dsk, p_keys, kernels.sum_partials, f"nmf-sum-{tag}")
+            dsk[w_keys[-1]] = (operator.getitem, steps[-1], 0)
+        # First sums over blocks of one worker (no transfers), then across workers.
+        if self.owners:
+            steps.sort(key=lambda key: self.owners[int(key.rsplit("-", 1)[1])])
+        firsts = [
+            _add_task(dsk, f"nmf-sum-{tag}-s-{j}", (_sum_of_steps, steps[j : j + SPLIT_EVERY]))
+            for j in range(0, len(steps), SPLIT_EVERY)
+        ]
+        total = _tree_reduce_keys(dsk, firsts, kernels.sum_partials, f"nmf-sum-{tag}")
+        state_next = f"nmf-state-{tag}-next"
+        dsk[state_next] = (_next_state, self.beta, state, total, self.l1_H, self.l2_H)
+        losses = f"nmf-losses-{tag}"
+        dsk[losses] = (
+            _pass_losses,
+            self.beta,
+            self.norm_v2,
+            self.v_sum,
+            state,
+            state_next,
+            total,
+            first,
+            with_loss,
+        )
         self.graph_tasks.append(len(dsk))
         owners = BlockOwners(f"nmf-step-{tag}-", self.owners) if self.owners else None
-        return self.runner.run_graph(dsk, w_keys, total, owners)
+        handles = self.runner.submit_graph(dsk, [*w_keys, state_next, losses], owners)
+        return _Pass(W=handles[:-2], state=handles[-2], losses=handles[-1])
 
     def loss_only(self, W: list, H: np.ndarray) -> float:
         """The loss at (W, H) by a separate pass (needed only at the very end for KL)."""
@@ -444,10 +482,57 @@ class _Fit:
         (s,) = self.runner.compute(tree_reduce(parts, kernels.sum_partials))
         return kernels.kl_divergence(self.v_sum, s["vlogr"], s["w0_sum"], H)
 
-    def h_update(self, H: np.ndarray, s: dict) -> np.ndarray:
-        if self.beta == 2:
-            return kernels.frobenius_h_update(H, s["A"], s["B"], self.l1_H, self.l2_H)
-        return kernels.kl_h_update(H, s["A"], s["w_sum"], self.l1_H, self.l2_H)
+
+@dataclass
+class _Pass:
+    """One submitted MU pass: handles of W's blocks and of ``(H, H H^T)`` of the
+    state it produces, and ``(loss of the state it started from, loss of the
+    state it produced)``, NaN where the pass does not compute one."""
+
+    W: list
+    state: Any
+    losses: Any
+
+    def handles(self) -> list:
+        return [*self.W, self.state, self.losses]
+
+
+def _add_task(dsk: dict, key: str, task: tuple) -> str:
+    dsk[key] = task
+    return key
+
+
+def _state(beta: int, H: np.ndarray) -> tuple:
+    """What a pass needs of H: H, and H H^T for the Frobenius W update."""
+    return H, (H @ H.T if beta == 2 else None)
+
+
+def _next_state(beta: int, state: tuple, s: dict, l1: float, l2: float) -> tuple:
+    H = state[0]
+    if beta == 2:
+        return _state(beta, kernels.frobenius_h_update(H, s["A"], s["B"], l1, l2))
+    return _state(beta, kernels.kl_h_update(H, s["A"], s["w_sum"], l1, l2))
+
+
+def _sum_of_steps(steps: list) -> dict:
+    """Sum the partial sums of block steps (each step returns ``(W block, partials)``)."""
+    return kernels.sum_partials([step[1] for step in steps])
+
+
+def _pass_losses(beta, norm_v2, v_sum, state, state_next, s, first, with_loss) -> tuple:
+    """The losses a pass knows from its partial sums (see :class:`_Pass`)."""
+    H, H_next = state[0], state_next[0]
+    if beta == 2:
+        before = kernels.frobenius_loss(norm_v2, s["A0"], s["B0"], H) if first else math.nan
+        return before, kernels.frobenius_loss(norm_v2, s["A"], s["B"], H_next)
+    before = kernels.kl_divergence(v_sum, s["vlogr"], s["w0_sum"], H) if with_loss else math.nan
+    return before, math.nan
+
+
+def _value_of_H(runner: Runner, H: Any) -> np.ndarray:
+    """H itself, from H or a pass's handle of ``(H, H H^T)``."""
+    value = runner.value(H)
+    return value[0] if isinstance(value, tuple) else value
 
 
 def _converged(losses: list[float], t: int, tol: float) -> bool:
@@ -762,36 +847,53 @@ def factorize(
             # State 0 at once: an interrupted run is resumable from the start.
             W_h = save(W_h, H, 0, losses, False, False)
         converged = False
-        while t < max_iter:
-            first = not losses
-            with_loss = beta == 2 or (len(losses) == t and loss_wanted(t))
-            W_new, sums = fit.step(W_h, H, t, first, with_loss)
+        t_begin, known = t, len(losses)  # on resume, losses may include state t's
+
+        def launch(W_h, H, s: int) -> _Pass:
+            first = s == t_begin and known == 0  # the start's loss comes from pass 0
+            with_loss = beta == 2 or (s >= known and loss_wanted(s))
+            return fit.launch(W_h, H, s, first, with_loss)
+
+        def may_run_ahead(s: int) -> bool:
+            # Pass s may start before pass s - 1's losses are in, except from a
+            # checkpointed state (whose W blocks are replaced by their stored copies).
+            return (
+                runner.distributed
+                and s < max_iter
+                and not (store is not None and s % checkpoint_every == 0)
+            )
+
+        pending = launch(W_h, H, t) if t < max_iter else None
+        while pending is not None:
+            ahead = launch(pending.W, pending.state, t + 1) if may_run_ahead(t + 1) else None
+            before, after = runner.value(pending.losses)
             if beta == 2:
-                H_new = fit.h_update(H, sums)
-                if first:
-                    losses.append(kernels.frobenius_loss(fit.norm_v2, sums["A0"], sums["B0"], H))
-                W_h, H, t = W_new, H_new, t + 1
-                losses.append(kernels.frobenius_loss(fit.norm_v2, sums["A"], sums["B"], H))
+                if len(losses) == t:  # the first pass of a fresh run
+                    losses.append(before)
+                W_h, H, t = pending.W, pending.state, t + 1
+                losses.append(after)
                 report(t, losses[t])
                 converged = _converged(losses, t, tol)
             else:
                 # The KL pass returns the loss of the state it started from.
                 if len(losses) == t:
-                    losses.append(
-                        kernels.kl_divergence(fit.v_sum, sums["vlogr"], sums["w0_sum"], H)
-                        if with_loss
-                        else math.nan
-                    )
+                    losses.append(before)  # NaN where loss_every skips it
                     if t > 0:
                         report(t, losses[t])
                 converged = _converged(losses, t, tol)
-                if converged:
-                    break  # state t is the answer; the pass just run is dropped
-                W_h, H, t = W_new, fit.h_update(H, sums), t + 1
-            if converged:
+                if not converged:  # else state t is the answer; the pass is dropped
+                    W_h, H, t = pending.W, pending.state, t + 1
+            pending = ahead
+            if converged or t >= max_iter:
                 break
-            if store is not None and t % checkpoint_every == 0 and t < max_iter:
+            if store is not None and t % checkpoint_every == 0:
+                H = _value_of_H(runner, H)
                 W_h = save(W_h, H, t, losses, False, False)
+            if pending is None:
+                pending = launch(W_h, H, t)
+        if pending is not None:  # run ahead past the answer
+            runner.cancel(pending.handles())
+        H = _value_of_H(runner, H)
         if len(losses) == t:  # the KL loss of the final state is still unknown
             losses.append(fit.loss_only(W_h, H))
             report(t, losses[t])
