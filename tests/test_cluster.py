@@ -185,3 +185,43 @@ def test_out_of_core_blocks_stay_on_balanced_workers(cluster_client, zarr_V):
     assert all(len(w) == 1 for w in where.values()), where
     per_worker = [sum(w == {addr} for w in where.values()) for addr in cluster_client.nthreads()]
     assert per_worker == [4, 4]
+
+
+@pytest.mark.parametrize("beta_loss", COSTS)
+def test_next_pass_is_submitted_before_the_client_sees_the_loss(cluster_client, V_small, beta_loss):
+    """No round trip through the client between passes: when iteration t's loss
+    reaches the client, the pass from state t is already at the scheduler
+    (except from a checkpointed state, where W is swapped for its stored copy)."""
+
+    def scheduler_passes(dask_scheduler) -> set:
+        return {
+            int(str(key).split("-")[3])
+            for key in dask_scheduler.tasks
+            if str(key).startswith("nmf-step-")
+        }
+
+    seen = {}
+
+    def record(t, loss):
+        seen[t] = cluster_client.run_on_scheduler(scheduler_passes)
+
+    max_iter = 14
+    res = dask_nmf.factorize(
+        V_small,
+        3,
+        beta_loss=beta_loss,
+        init="random",
+        max_iter=max_iter,
+        tol=0,
+        block_rows=40,
+        client=cluster_client,
+        checkpoint_every=5,
+        loss_every=1,
+        callback=record,
+    )
+    assert res.n_iter == max_iter
+    # Frobenius reports t after pass t - 1; KL reports t with pass t itself.
+    ahead = [t if beta_loss == "frobenius" else t + 1 for t in seen]
+    expected = [s for s in ahead if s < max_iter and s % 5 != 0]
+    assert expected
+    assert all(s in seen[t] for t, s in zip(seen, ahead) if s in expected), seen
