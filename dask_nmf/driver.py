@@ -2,9 +2,11 @@
 
 Each iteration submits a graph of fixed size: for every row block, one task
 reads V_i, updates W_i and emits the partial sums of the H update; a tree of
-small tasks adds the partials up; the client turns the sums into the new H
-(a ``k x n`` array) and ships it, as one key, with the next iteration's graph.
-W's blocks stay where they were computed (futures on a distributed cluster,
+small tasks adds the partials up and one more turns them into the new H (a
+``k x n`` array) and the two loss numbers the client fetches.  On a cluster
+the next iteration's graph is submitted before this one ends and refers to
+the new H by its future, so no client round trip separates two passes.  W's
+blocks stay where they were computed (futures on a distributed cluster,
 arrays in this process on dask's local scheduler).
 
 On a distributed cluster the scheduler keeps the recipe of every task that a

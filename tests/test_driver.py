@@ -308,3 +308,15 @@ def test_blas_threads_shared_out_on_the_local_scheduler(V_small):
     expected = max(1, (os.cpu_count() or 1) // 2)
     assert seen and all(t == expected for threads in seen for t in threads)
     assert blas_threads() == before  # restored afterwards
+
+
+def test_block_owners_annotate_only_the_pinned_keys():
+    from dask_nmf.driver import BlockOwners
+
+    owners = BlockOwners("nmf-step-abc-3-", ["tcp://a:1", "tcp://b:2"])
+    assert owners("nmf-step-abc-3-0") == ["tcp://a:1"]
+    assert owners("nmf-step-abc-3-1") == ["tcp://b:2"]
+    assert owners("nmf-step-abc-3-2") == []  # no such block
+    assert owners("nmf-step-abc-4-0") == []  # another pass
+    assert owners("nmf-sum-abc-3-0-0") == []
+    assert owners(("from-zarr", 0, 0)) == []
