@@ -85,10 +85,10 @@ def tuned_for_blocks(client: Any, block_bytes: int):
     """Around a fit on ``client``'s workers: malloc keeps freed blocks for reuse.
 
     Each worker may keep ``4 * block_bytes`` of freed memory (a block and the
-    temporaries of its update), at most 1/16 of its memory limit (1/8 was no faster out of core and
-    held 30 MiB more per worker), so dask's
-    memory manager still sees the workers well below its thresholds.  On exit
-    the nanny's settings come back and the read buffers are dropped.
+    temporaries of its update), at most 1/16 of its memory limit (1/8 was no
+    faster out of core and held 30 MiB more per worker), so dask's memory
+    manager still sees the workers well below its thresholds.  On exit the
+    nanny's settings come back and the read buffers are dropped.
     """
     if client is None or not dask.config.get("dask-nmf.worker-malloc", True):
         yield
@@ -106,7 +106,10 @@ def tuned_for_blocks(client: Any, block_bytes: int):
             client.run(set_malloc_thresholds, keep, workers=addrs)
         yield
     finally:
-        with contextlib.suppress(Exception):  # workers may have gone; nothing to restore there
+        # Workers may have gone (nothing to restore there); one failure must not
+        # keep the other clean-up from running.
+        with contextlib.suppress(Exception):
             client.run(release_read_buffers)
-            if tuned:
+        if tuned:
+            with contextlib.suppress(Exception):
                 client.run(restore_malloc_thresholds, workers=tuned)
