@@ -410,6 +410,10 @@ class _Fit:
                 for i, s in enumerate(sources)
             ]
             self.owners = None
+        # A pass may be submitted before the previous one ends only if it has no
+        # task that could run early: a read task would fetch V's blocks for the
+        # next pass while this one still holds its own (memory, not speed).
+        self.may_run_ahead = all(_in_memory(v) for v in self.source_graph.values())
 
     def launch(self, W: list, state: Any, t: int, first: bool, with_loss: bool) -> _Pass:
         """Start MU pass t from state t: W's blocks and ``state``, H or a handle of
@@ -861,6 +865,7 @@ def factorize(
             # checkpointed state (whose W blocks are replaced by their stored copies).
             return (
                 runner.distributed
+                and fit.may_run_ahead
                 and s < max_iter
                 and not (store is not None and s % checkpoint_every == 0)
             )

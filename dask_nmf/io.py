@@ -47,8 +47,9 @@ class InputMatrix:
     sparse
         Whether V's blocks are sparse (CSR); the kernels then never densify them.
     zarr
-        The dense zarr array V is read from, when it is one: the solver then
-        reads each block inside the task that updates it (:func:`read_rows_into`).
+        The zarr store V is read from, when it is one (a dense ``zarr.Array`` or
+        a :class:`ZarrCSR`): the solver then reads each block inside the task
+        that updates it (:func:`read_rows_into`).
     source
         A description of where V came from (path, chunks), kept with results.
     labels
@@ -65,7 +66,7 @@ class InputMatrix:
     labels: dict | None = None
     sparse: bool = False
     stored_bytes: int | None = None
-    zarr: zarr.Array | None = None
+    zarr: zarr.Array | ZarrCSR | None = None
 
     @property
     def block_rows(self) -> int:
@@ -320,6 +321,7 @@ def open_input(
         arr = V if V.dtype == compute_dtype else V.astype(compute_dtype)
         return InputMatrix((m, n), compute_dtype, bounds, local=arr, **common)
     if isinstance(V, ZarrCSR):
+        common["zarr"] = V
         meta = sp.csr_matrix((0, 0), dtype=V.dtype)
         arr = da.concatenate(
             [
@@ -463,7 +465,8 @@ _BUFFERS_LOCK = threading.Lock()
 
 
 class BlockReader:
-    """A dense zarr array as a task argument of the solver's fused read-and-update steps.
+    """A zarr store (dense array or CSR group) as a task argument of the solver's
+    fused read-and-update steps.
 
     dask tokenizes every argument of a graph submitted to a cluster, every
     iteration; normalizing a ``zarr.Array`` took ~1.3 ms, so it is hidden
@@ -471,7 +474,7 @@ class BlockReader:
     1.3 kB pickled).
     """
 
-    def __init__(self, array: zarr.Array, dtype: Any):
+    def __init__(self, array: zarr.Array | ZarrCSR, dtype: Any):
         self.array, self.dtype = array, np.dtype(dtype)
         self.token = f"nmf-zarr-reader-{uuid.uuid4().hex}"
 
@@ -491,6 +494,9 @@ def read_rows_into(reader: BlockReader, start: int, stop: int) -> np.ndarray:
     from zarr.core.buffer import default_buffer_prototype
 
     z = reader.array
+    if isinstance(z, ZarrCSR):  # a fresh CSR block (its size follows the non-zeros)
+        X = z.read_rows(start, stop)
+        return X if X.dtype == reader.dtype else X.astype(reader.dtype)
     rows, n = stop - start, z.shape[1]
     tid = threading.get_ident()
     with _BUFFERS_LOCK:

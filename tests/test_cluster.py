@@ -225,3 +225,33 @@ def test_next_pass_is_submitted_before_the_client_sees_the_loss(cluster_client, 
     expected = [s for s in ahead if s < max_iter and s % 5 != 0]
     assert expected
     assert all(s in seen[t] for t, s in zip(seen, ahead) if s in expected), seen
+
+
+def test_no_pass_runs_ahead_when_it_would_read_V_early(cluster_client, V_small):
+    """V as a dask array re-read every pass: its read tasks have no inputs and would
+    run as soon as the next pass is submitted, so passes are not submitted ahead."""
+    import dask.array as da
+
+    def steps_at_scheduler(dask_scheduler) -> set:
+        return {
+            int(str(key).split("-")[3])
+            for key in dask_scheduler.tasks
+            if str(key).startswith("nmf-step-")
+        }
+
+    seen = {}
+    res = dask_nmf.factorize(
+        da.from_array(V_small, chunks=(40, 41)),
+        3,
+        init="random",
+        max_iter=8,
+        tol=0,
+        block_rows=40,
+        client=cluster_client,
+        keep_in_memory=False,
+        callback=lambda t, loss: seen.update(
+            {t: cluster_client.run_on_scheduler(steps_at_scheduler)}
+        ),
+    )
+    assert res.n_iter == 8 and len(seen) == 8
+    assert all(t not in passes for t, passes in seen.items()), seen

@@ -101,10 +101,26 @@ def test_pydata_sparse_in_memory(counts, dense_results):
     np.testing.assert_allclose(res.H, dense_results["kullback-leibler"].H, rtol=1e-9, atol=1e-12)
 
 
-def test_csr_store_on_a_cluster(tmp_path, counts, dense_results, cluster_client):
+@pytest.mark.parametrize("keep_in_memory", [None, False])
+@pytest.mark.parametrize("beta_loss", COSTS)
+def test_csr_store_on_a_cluster(
+    tmp_path, counts, dense_results, cluster_client, beta_loss, keep_in_memory
+):
+    """Kept in memory, or re-read every pass inside the block steps (never densified)."""
     write_csr_zarr(tmp_path / "X.zarr", counts, chunk_nnz=500)
-    res = fit(str(tmp_path / "X.zarr"), "kullback-leibler", client=cluster_client)
-    np.testing.assert_allclose(res.H, dense_results["kullback-leibler"].H, rtol=1e-9, atol=1e-12)
+    res = fit(
+        str(tmp_path / "X.zarr"), beta_loss, client=cluster_client, keep_in_memory=keep_in_memory
+    )
+    np.testing.assert_allclose(res.H, dense_results[beta_loss].H, rtol=1e-9, atol=1e-12)
+    assert res.diagnostics["kept_in_memory"] is (keep_in_memory is None)
+
+
+@pytest.mark.parametrize("beta_loss", COSTS)
+def test_csr_store_read_in_the_steps(tmp_path, counts, dense_results, beta_loss, no_densify):
+    write_csr_zarr(tmp_path / "X.zarr", counts, chunk_nnz=500)
+    res = fit(str(tmp_path / "X.zarr"), beta_loss, keep_in_memory=False, dtype="float32")
+    np.testing.assert_allclose(res.H, dense_results[beta_loss].H, rtol=1e-4, atol=1e-6)
+    assert res.H.dtype == np.float32
 
 
 @pytest.mark.parametrize("init", ["nndsvda", "nndsvdar"])
