@@ -248,20 +248,27 @@ class Runner:
         per_task = max(1, (os.cpu_count() or 1) // self.parallelism)
         return ThreadpoolController().limit(limits=per_task, user_api="blas")
 
+    def release_read_buffers(self) -> None:
+        """Drop the fused reads' block buffers, here and on every worker."""
+        release_read_buffers()
+        if self.distributed:
+            with contextlib.suppress(Exception):  # workers may have gone
+                self.client.run(release_read_buffers)
+
     def block_owners(self, n_blocks: int) -> list[str] | None:
         """A worker for each of ``n_blocks`` blocks, spread in proportion to threads."""
         if not self.distributed:
             return None
         slots = [
             addr
-            for addr, info in sorted(self.client.scheduler_info(n_workers=-1)["workers"].items())
+            for addr, info in sorted(self._workers().items())
             for _ in range(max(1, info.get("nthreads", 1)))
         ]
         return [slots[i % len(slots)] for i in range(n_blocks)] if slots else None
 
-    def _workers(self) -> list[dict]:
-        """The scheduler's description of each worker (a cluster only)."""
-        return list(self.client.scheduler_info(n_workers=-1)["workers"].values())
+    def _workers(self) -> dict[str, dict]:
+        """The scheduler's description of each worker, by address (a cluster only)."""
+        return self.client.scheduler_info(n_workers=-1)["workers"]
 
     def block_size_limit(self):
         """A context capping dask's ``array.chunk-size`` (the default block size) by memory.
@@ -275,7 +282,7 @@ class Runner:
             return contextlib.nullcontext()
         per_thread = [
             w["memory_limit"] / max(1, w.get("nthreads", 1))
-            for w in self._workers()
+            for w in self._workers().values()
             if w.get("memory_limit")
         ]
         current = parse_bytes(dask.config.get("array.chunk-size"))
@@ -286,7 +293,7 @@ class Runner:
     def memory_budget(self) -> float:
         """Bytes of V worth keeping in memory: half the workers' memory limits."""
         if self.distributed:
-            limits = [w.get("memory_limit") or 0 for w in self._workers()]
+            limits = [w.get("memory_limit") or 0 for w in self._workers().values()]
             return 0.5 * float(sum(limits))
         import psutil
 
@@ -447,10 +454,10 @@ class _Fit:
         # First sums over blocks of one worker (no transfers), then across workers.
         if self.owners:
             steps.sort(key=lambda key: self.owners[int(key.rsplit("-", 1)[1])])
-        firsts = [
-            _add_task(dsk, f"nmf-sum-{tag}-s-{j}", (_sum_of_steps, steps[j : j + SPLIT_EVERY]))
-            for j in range(0, len(steps), SPLIT_EVERY)
-        ]
+        firsts = []
+        for j in range(0, len(steps), SPLIT_EVERY):
+            firsts.append(f"nmf-sum-{tag}-s-{j}")
+            dsk[firsts[-1]] = (_sum_of_steps, steps[j : j + SPLIT_EVERY])
         total = _tree_reduce_keys(dsk, firsts, kernels.sum_partials, f"nmf-sum-{tag}")
         state_next = f"nmf-state-{tag}-next"
         dsk[state_next] = (_next_state, self.beta, state, total, self.l1_H, self.l2_H)
@@ -501,11 +508,6 @@ class _Pass:
 
     def handles(self) -> list:
         return [*self.W, self.state, self.losses]
-
-
-def _add_task(dsk: dict, key: str, task: tuple) -> str:
-    dsk[key] = task
-    return key
 
 
 def _state(beta: int, H: np.ndarray) -> tuple:
@@ -781,11 +783,12 @@ def factorize(
     # undone in the ``finally`` below.
     settings = contextlib.ExitStack()
     settings.enter_context(runner.blas_limits())
-    settings.callback(release_read_buffers)
     try:
         settings.enter_context(
             workers.tuned_for_blocks(runner.client, Vin.nbytes // len(Vin.bounds))
         )
+        # (Exits run last in, first out: the buffers go before malloc is trimmed.)
+        settings.callback(runner.release_read_buffers)
         if resume_meta is not None:
             W_h, H, losses, t = _restore(checkpoint, resume_meta, Vin, storage_options)
         else:

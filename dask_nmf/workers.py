@@ -73,13 +73,6 @@ def restore_malloc_thresholds() -> bool:
     return ok
 
 
-def release_read_buffers() -> int:
-    """(In a worker) drop the per-thread block buffers of the fused reads."""
-    from .io import release_read_buffers as release
-
-    return release()
-
-
 @contextlib.contextmanager
 def tuned_for_blocks(client: Any, block_bytes: int):
     """Around a fit on ``client``'s workers: malloc keeps freed blocks for reuse.
@@ -88,7 +81,7 @@ def tuned_for_blocks(client: Any, block_bytes: int):
     temporaries of its update), at most 1/16 of its memory limit (1/8 was no
     faster out of core and held 30 MiB more per worker), so dask's memory
     manager still sees the workers well below its thresholds.  On exit the
-    nanny's settings come back and the read buffers are dropped.
+    nanny's settings come back.
     """
     if client is None or not dask.config.get("dask-nmf.worker-malloc", True):
         yield
@@ -106,10 +99,6 @@ def tuned_for_blocks(client: Any, block_bytes: int):
             client.run(set_malloc_thresholds, keep, workers=addrs)
         yield
     finally:
-        # Workers may have gone (nothing to restore there); one failure must not
-        # keep the other clean-up from running.
-        with contextlib.suppress(Exception):
-            client.run(release_read_buffers)
         if tuned:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # workers may have gone: nothing to restore
                 client.run(restore_malloc_thresholds, workers=tuned)

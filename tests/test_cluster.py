@@ -21,6 +21,16 @@ def scheduler_tasks(client) -> int:
     return client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
 
 
+def passes_at_scheduler(dask_scheduler) -> set[int]:
+    """(On the scheduler) the iterations t whose block steps ``nmf-step-<token>-<t>-<i>``
+    it holds."""
+    return {
+        int(str(key).split("-")[3])
+        for key in dask_scheduler.tasks
+        if str(key).startswith("nmf-step-")
+    }
+
+
 @pytest.mark.parametrize("beta_loss", COSTS)
 def test_matches_sklearn_on_a_cluster(cluster_client, tmp_path, V_small, start, beta_loss):
     W0, H0 = start
@@ -193,17 +203,10 @@ def test_next_pass_is_submitted_before_the_client_sees_the_loss(cluster_client, 
     reaches the client, the pass from state t is already at the scheduler
     (except from a checkpointed state, where W is swapped for its stored copy)."""
 
-    def scheduler_passes(dask_scheduler) -> set:
-        return {
-            int(str(key).split("-")[3])
-            for key in dask_scheduler.tasks
-            if str(key).startswith("nmf-step-")
-        }
-
     seen = {}
 
     def record(t, loss):
-        seen[t] = cluster_client.run_on_scheduler(scheduler_passes)
+        seen[t] = cluster_client.run_on_scheduler(passes_at_scheduler)
 
     max_iter = 14
     res = dask_nmf.factorize(
@@ -232,13 +235,6 @@ def test_no_pass_runs_ahead_when_it_would_read_V_early(cluster_client, V_small):
     run as soon as the next pass is submitted, so passes are not submitted ahead."""
     import dask.array as da
 
-    def steps_at_scheduler(dask_scheduler) -> set:
-        return {
-            int(str(key).split("-")[3])
-            for key in dask_scheduler.tasks
-            if str(key).startswith("nmf-step-")
-        }
-
     seen = {}
     res = dask_nmf.factorize(
         da.from_array(V_small, chunks=(40, 41)),
@@ -250,7 +246,7 @@ def test_no_pass_runs_ahead_when_it_would_read_V_early(cluster_client, V_small):
         client=cluster_client,
         keep_in_memory=False,
         callback=lambda t, loss: seen.update(
-            {t: cluster_client.run_on_scheduler(steps_at_scheduler)}
+            {t: cluster_client.run_on_scheduler(passes_at_scheduler)}
         ),
     )
     assert res.n_iter == 8 and len(seen) == 8
