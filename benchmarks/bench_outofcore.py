@@ -19,6 +19,7 @@ run a second time with dask's own worker malloc settings
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import dask
 import numpy as np
@@ -53,33 +54,56 @@ def gemm_peak_gflops() -> float:
 
 
 def decode_rate(path, block_rows: int) -> dict:
-    """GB/s of reading + decoding the store on 2 threads, by row block: plain zarr
-    reads, and reads into one reused buffer per thread (dask_nmf's way)."""
+    """GB/s of reading + decoding the store on 2 threads, by row block, four ways:
+    plain zarr reads; zarr reads into one reused buffer per thread; dask_nmf's
+    own reads (``io.read_rows_into``: chunks decompressed in place); and no
+    zarr at all -- the chunk files read with ``open`` and decompressed by
+    numcodecs into the buffer, the codec's own floor."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    import numcodecs
     import zarr
     from zarr.core.buffer import default_buffer_prototype
 
+    from dask_nmf import io
+
     z = zarr.open_array(str(path), mode="r")
     m, n = z.shape
+    rows_per_chunk = z.chunks[0]
+    assert z.chunks[1] == n and block_rows % rows_per_chunk == 0 and m % rows_per_chunk == 0
+    assert [c.to_dict()["name"] for c in z.metadata.codecs] == ["bytes", "zstd"]
     starts = list(range(0, m, block_rows))
     buffers: dict = {}
+    reader = io.BlockReader(z, z.dtype)
+
+    def buffer():
+        return buffers.setdefault(threading.get_ident(), np.empty((block_rows, n), z.dtype))
 
     def plain(a):
         return z[a : a + block_rows].shape
 
     def into(a):
-        buf = buffers.setdefault(threading.get_ident(), np.empty((block_rows, n), z.dtype))
-        out = default_buffer_prototype().nd_buffer.from_numpy_array(buf[: min(block_rows, m - a)])
+        out = default_buffer_prototype().nd_buffer.from_numpy_array(buffer()[: min(block_rows, m - a)])
         z.get_basic_selection((slice(a, a + block_rows), slice(None)), out=out)
 
+    def ours(a):
+        io.read_rows_into(reader, a, min(a + block_rows, m))
+
+    def files(a):
+        buf, codec = buffer(), numcodecs.Zstd()
+        for i in range(a // rows_per_chunk, min(a + block_rows, m) // rows_per_chunk):
+            with open(Path(path) / "c" / str(i) / "0", "rb") as f:
+                r = i * rows_per_chunk - a
+                codec.decode(f.read(), out=buf[r : r + rows_per_chunk])
+
     rates = {}
-    for name, read in [("plain", plain), ("into_buffer", into)]:
+    for name, read in [("plain", plain), ("into_buffer", into), ("dask_nmf", ours), ("files", files)]:
         with ThreadPoolExecutor(2) as ex:
             wait_quiet()
             t = best_of(lambda: list(ex.map(read, starts)), repeats=3)
         rates[name] = z.nbytes / t / 1e9
+    io.release_read_buffers()
     return rates
 
 
@@ -167,14 +191,15 @@ def run(args, ctx) -> dict:
         bw = max(rates.values())  # the faster way is the floor
         floor_ms = 1e3 * max(m * n * 8 / (bw * 1e9), 4 * m * n * k / (peak * 1e9))
         log(f"    store decodes at {rates['plain']:.2f} GB/s (plain zarr reads) / "
-            f"{rates['into_buffer']:.2f} (into reused buffers) on 2 threads: roofline {floor_ms:.0f} ms/iter")
+            f"{rates['into_buffer']:.2f} (zarr into reused buffers) / {rates['dask_nmf']:.2f} (dask_nmf's reads) / "
+            f"{rates['files']:.2f} (files + numcodecs, no zarr) on 2 threads: roofline {floor_ms:.0f} ms/iter")
         variants = [("", {})]
         if m == sizes[1]:
             variants.append(("dask's worker malloc: ", {"dask-nmf.worker-malloc": False}))
         for label, config in variants:
             with dask.config.set(config):
                 row = one_size(path, m, n, k, block_rows, iters, n_workers, memory_limit, log)
-            row.update(label=label.rstrip(": "), decode_GBs_2t=bw, roofline_ms=floor_ms,
+            row.update(label=label.rstrip(": "), decode_GBs_2t=bw, decode_rates=rates, roofline_ms=floor_ms,
                        over_roofline=row["ms_per_iter"] / floor_ms)
             log(f"      {row['ms_per_iter']:.0f} ms/iter = {row['over_roofline']:.2f}x the roofline")
             rows.append(row)

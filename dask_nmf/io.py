@@ -9,6 +9,7 @@ never loaded whole and never written.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import uuid
 import warnings
@@ -477,6 +478,8 @@ class BlockReader:
     def __init__(self, array: zarr.Array | ZarrCSR, dtype: Any):
         self.array, self.dtype = array, np.dtype(dtype)
         self.token = f"nmf-zarr-reader-{uuid.uuid4().hex}"
+        #: How chunks are decoded straight into the block buffer (None: by zarr).
+        self.direct = _direct_decoder(array) if isinstance(array, zarr.Array) else None
 
     def __dask_tokenize__(self) -> str:
         return self.token
@@ -489,7 +492,8 @@ def read_rows_into(reader: BlockReader, start: int, stop: int) -> np.ndarray:
     solver's fused read-and-update step): the array returned is overwritten by
     this thread's next call.  Reusing one buffer per thread, instead of a fresh
     block-sized allocation per read, spares the page faults of mapping new
-    memory for every block (see :mod:`dask_nmf.workers`).
+    memory for every block (see :mod:`dask_nmf.workers`).  Chunks of the common
+    layouts are decompressed straight into it (:func:`_direct_decoder`).
     """
     from zarr.core.buffer import default_buffer_prototype
 
@@ -504,11 +508,149 @@ def read_rows_into(reader: BlockReader, start: int, stop: int) -> np.ndarray:
         if buf is None or buf.shape[0] < rows or buf.shape[1] != n or buf.dtype != z.dtype:
             buf = _BUFFERS[tid] = np.empty((rows, n), dtype=z.dtype)
     out = buf[:rows]
-    z.get_basic_selection(
-        (slice(start, stop), slice(None)),
-        out=default_buffer_prototype().nd_buffer.from_numpy_array(out),
-    )
+    if reader.direct is not None:
+        _read_chunks_into(z, reader.direct, start, stop, out)
+    else:
+        z.get_basic_selection(
+            (slice(start, stop), slice(None)),
+            out=default_buffer_prototype().nd_buffer.from_numpy_array(out),
+        )
     return out if out.dtype == reader.dtype else out.astype(reader.dtype)
+
+
+#: Set where chunks are stored uncompressed: their bytes are copied as they are.
+_UNCOMPRESSED = "uncompressed"
+
+
+def _direct_decoder(z: zarr.Array) -> Any:
+    """The codec that decodes ``z``'s chunks straight into a block buffer, or None.
+
+    zarr decodes each chunk into a new buffer and copies it into the caller's
+    ``out``, through its event loop and thread pool; reading V out of core,
+    that cost ~30 % of the store's read + decompress rate on two threads
+    (benchmarks/README.md).  The common layout -- 2-d, chunks spanning whole
+    rows, native little-endian bytes, at most one Zstd or Blosc compressor --
+    is decoded here by the same numcodecs codecs, in place; any other layout
+    (sharding, filters, transposes, checksums, ...) is left to zarr.
+    """
+    import numcodecs
+
+    md = z.metadata
+    if (
+        z.ndim != 2
+        or z.chunks[1] != z.shape[1]
+        or not z.dtype.isnative
+        or z.dtype.byteorder == ">"
+        or sys.byteorder != "little"
+        or z.dtype.hasobject
+    ):
+        return None
+    if md.zarr_format == 3:
+        from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+        from zarr.core.chunk_grids import RegularChunkGrid
+
+        codecs = tuple(md.codecs)
+        if not isinstance(md.chunk_grid, RegularChunkGrid) or not codecs:
+            return None
+        first, rest = codecs[0], codecs[1:]
+        if not isinstance(first, BytesCodec) or (first.endian and first.endian.value != "little"):
+            return None
+        if not rest:
+            return _UNCOMPRESSED
+        if len(rest) == 1 and isinstance(rest[0], ZstdCodec):
+            return numcodecs.Zstd()
+        if len(rest) == 1 and isinstance(rest[0], BloscCodec):
+            return numcodecs.Blosc()
+        return None
+    if md.filters or md.order != "C":
+        return None
+    if md.compressor is None:
+        return _UNCOMPRESSED
+    if isinstance(md.compressor, (numcodecs.Zstd, numcodecs.Blosc)):
+        return type(md.compressor)()
+    return None
+
+
+def _decoded_size(codec: Any, data: np.ndarray) -> int | None:
+    """How many bytes a chunk decodes to, as its frame header says (None: unknown)."""
+    if codec is _UNCOMPRESSED:
+        return data.nbytes
+    import numcodecs
+
+    if isinstance(codec, numcodecs.Blosc):  # Blosc's header: 4 bytes, then the size
+        return int.from_bytes(data[4:8].tobytes(), "little") if data.size >= 16 else None
+    # A Zstandard frame header (RFC 8878, 3.1.1.1): magic, descriptor, window,
+    # dictionary id, then the content size, when the writer put it there.
+    b = data[:18].tobytes()
+    if len(b) < 6 or int.from_bytes(b[:4], "little") != 0xFD2FB528:
+        return None
+    fhd = b[4]
+    fcs_flag, single, did_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
+    pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[did_flag]
+    width = (1 if single else 0, 2, 4, 8)[fcs_flag]
+    if width == 0 or len(b) < pos + width:
+        return None
+    size = int.from_bytes(b[pos : pos + width], "little")
+    return size + 256 if width == 2 else size
+
+
+def _read_chunks_into(z: zarr.Array, codec: Any, start: int, stop: int, out: np.ndarray) -> None:
+    """Rows ``start:stop`` of ``z`` into ``out``, each chunk decoded in place where
+    it lies wholly inside them (edge chunks through a scratch chunk)."""
+    rows_per_chunk, n = z.chunks
+    first, last = start // rows_per_chunk, (stop - 1) // rows_per_chunk
+    paths = [z.store_path / z.metadata.encode_chunk_key((i, 0)) for i in range(first, last + 1)]
+    found = _get_chunks(paths)
+    chunk_bytes = rows_per_chunk * n * z.dtype.itemsize
+    fill = 0 if z.fill_value is None else z.fill_value
+    for i, data in zip(range(first, last + 1), found):
+        a, b = i * rows_per_chunk, (i + 1) * rows_per_chunk  # the stored chunk's rows
+        lo, hi = max(a, start), min(b, stop)
+        if data is None:  # never written: the fill value
+            out[lo - start : hi - start] = fill
+            continue
+        raw = data.as_numpy_array()
+        size = _decoded_size(codec, raw)
+        if size is not None and size != chunk_bytes:
+            raise ValueError(
+                f"chunk {paths[i - first]} decodes to {size} bytes, not {chunk_bytes} "
+                f"({rows_per_chunk} x {n} {z.dtype}): the store is damaged"
+            )
+        whole = lo == a and hi == b
+        dest = out[a - start : b - start] if whole else np.empty((rows_per_chunk, n), z.dtype)
+        if codec is _UNCOMPRESSED:
+            dest.reshape(-1).view(np.uint8)[:] = raw
+        else:
+            codec.decode(raw, out=dest)
+        if not whole:
+            out[lo - start : hi - start] = dest[lo - a : hi - a]
+
+
+def _get_chunks(paths: list) -> list:
+    """The stored bytes at ``paths`` (None where absent).
+
+    Stores that can read synchronously (local files, memory) are read in the
+    calling thread: through zarr's event loop, every read of a block is a hop
+    to its thread and back, and the two worker threads' reads queue there.
+    """
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    prototype = default_buffer_prototype()
+    try:
+        from zarr.abc.store import SupportsGetSync
+    except ImportError:  # zarr < 3.1.5
+        SupportsGetSync = ()
+    if paths and isinstance(paths[0].store, SupportsGetSync):
+        return [p.get_sync(prototype=prototype) for p in paths]
+    return sync(_get_all(paths, prototype))
+
+
+async def _get_all(paths: list, prototype: Any) -> list:
+    """The stored bytes at ``paths``, read concurrently (None where absent)."""
+    import asyncio
+
+    return await asyncio.gather(*(p.get(prototype=prototype) for p in paths))
 
 
 def release_read_buffers() -> int:

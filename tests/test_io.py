@@ -219,3 +219,127 @@ def test_block_reader_tokenizes_without_touching_the_array(tmp_path, V_small):
     z = zarr.open_array(write_zarr(tmp_path / "V.zarr", V_small, chunks=(23, 17)), mode="r")
     a, b = BlockReader(z, "float64"), BlockReader(z, "float64")
     assert tokenize(a) == tokenize(a) != tokenize(b)  # one token per reader, made once
+
+
+# Layouts whose chunks dask_nmf decodes itself, straight into the block buffer
+# (zarr format, compressor, what BlockReader.direct names), and layouts it leaves to zarr.
+DIRECT = {
+    "zstd": (3, "zstd", "Zstd"),
+    "zstd with checksum": (3, "zstd-checksum", "Zstd"),
+    "blosc": (3, "blosc", "Blosc"),
+    "uncompressed": (3, None, "uncompressed"),
+    "v2 zstd": (2, "zstd", "Zstd"),
+    "v2 uncompressed": (2, None, "uncompressed"),
+}
+
+
+def compressor(name, zarr_format):
+    import numcodecs
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+    if name is None:
+        return None
+    if zarr_format == 2:
+        return {"zstd": numcodecs.Zstd(), "gzip": numcodecs.GZip()}[name]
+    return {
+        "zstd": ZstdCodec(),
+        "zstd-checksum": ZstdCodec(checksum=True),
+        "blosc": BloscCodec(),
+        "gzip": GzipCodec(),
+    }[name]
+
+
+def store(path, V, zarr_format=3, comp="zstd", chunks=(20, None), **kw):
+    chunks = (chunks[0], V.shape[1] if chunks[1] is None else chunks[1])
+    z = zarr.create_array(
+        str(path),
+        shape=V.shape,
+        chunks=chunks,
+        dtype=V.dtype,
+        zarr_format=zarr_format,
+        compressors=compressor(comp, zarr_format),
+        **kw,
+    )
+    z[...] = V
+    return zarr.open_array(str(path), mode="r")
+
+
+BLOCKS = [(0, 20), (0, 60), (30, 95), (140, 157), (150, 157), (3, 9)]  # aligned, not, the edge
+
+
+@pytest.mark.parametrize("layout", DIRECT)
+def test_direct_decoding_equals_the_store(tmp_path, V_small, layout, monkeypatch):
+    from dask_nmf.io import BlockReader, read_rows_into
+
+    zarr_format, comp, kind = DIRECT[layout]
+    z = store(tmp_path / "V.zarr", V_small, zarr_format, comp)
+    reader = BlockReader(z, "float64")
+    direct = reader.direct
+    assert (direct if isinstance(direct, str) else type(direct).__name__) == kind
+
+    def not_zarr(*args, **kwargs):
+        raise AssertionError("decoded by zarr")
+
+    monkeypatch.setattr(zarr.Array, "get_basic_selection", not_zarr)
+    for a, b in BLOCKS:
+        np.testing.assert_array_equal(read_rows_into(reader, a, b), V_small[a:b])
+
+
+@pytest.mark.parametrize(
+    "zarr_format, comp, kw",
+    [
+        (3, "gzip", {}),  # no numcodecs decoder into a buffer
+        (3, "zstd", {"chunks": (20, 17)}),  # chunks split the rows
+        (3, "zstd", {"shards": (40, 41)}),
+        (2, "gzip", {}),
+    ],
+)
+def test_other_layouts_are_read_by_zarr(tmp_path, V_small, zarr_format, comp, kw):
+    from dask_nmf.io import BlockReader, read_rows_into
+
+    z = store(tmp_path / "V.zarr", V_small, zarr_format, comp, **kw)
+    reader = BlockReader(z, "float64")
+    assert reader.direct is None
+    for a, b in BLOCKS:
+        np.testing.assert_array_equal(read_rows_into(reader, a, b), V_small[a:b])
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_direct_decoding_fills_unwritten_chunks(tmp_path, V_small, zarr_format):
+    from dask_nmf.io import BlockReader, read_rows_into
+
+    z = zarr.create_array(
+        str(tmp_path / "V.zarr"),
+        shape=V_small.shape,
+        chunks=(20, 41),
+        dtype="float64",
+        fill_value=3.0,
+        zarr_format=zarr_format,
+    )
+    z[:40] = V_small[:40]  # chunks 2.. never written
+    reader = BlockReader(zarr.open_array(str(tmp_path / "V.zarr"), mode="r"), "float64")
+    assert reader.direct is not None
+    block = read_rows_into(reader, 30, 70)
+    np.testing.assert_array_equal(block[:10], V_small[30:40])
+    assert (block[10:] == 3.0).all()
+
+
+def test_a_damaged_chunk_is_named(tmp_path, V_small):
+    import numcodecs
+
+    from dask_nmf.io import BlockReader, read_rows_into
+
+    z = store(tmp_path / "V.zarr", V_small)
+    (tmp_path / "V.zarr" / "c" / "1" / "0").write_bytes(numcodecs.Zstd().encode(np.zeros(50)))
+    with pytest.raises(ValueError, match=r"c/1/0 decodes to 400 bytes, not 6560"):
+        read_rows_into(BlockReader(z, "float64"), 0, 60)
+
+
+@pytest.mark.parametrize("layout", ["zstd", "blosc", "v2 uncompressed"])
+def test_fit_re_reading_a_directly_decoded_store(tmp_path, V_small, expected, layout):
+    zarr_format, comp, _ = DIRECT[layout]
+    z = store(tmp_path / "V.zarr", V_small, zarr_format, comp)
+    res = fit(str(tmp_path / "V.zarr"), block_rows=40, keep_in_memory=False)
+    assert z.chunks == (20, 41)
+    np.testing.assert_allclose(res.H, expected.H, rtol=1e-10)
+    np.testing.assert_allclose(res.W.compute(), expected.W.compute(), rtol=1e-10)
