@@ -343,3 +343,17 @@ def test_fit_re_reading_a_directly_decoded_store(tmp_path, V_small, expected, la
     assert z.chunks == (20, 41)
     np.testing.assert_allclose(res.H, expected.H, rtol=1e-10)
     np.testing.assert_allclose(res.W.compute(), expected.W.compute(), rtol=1e-10)
+
+
+def test_direct_decoding_through_an_async_store(tmp_path, V_small):
+    from zarr.storage import FsspecStore
+
+    from dask_nmf.io import BlockReader, read_rows_into
+
+    store(tmp_path / "V.zarr", V_small)
+    z = zarr.open_array(f"file://{tmp_path / 'V.zarr'}", mode="r")
+    assert isinstance(z.store_path.store, FsspecStore)  # read through zarr's event loop
+    reader = BlockReader(z, "float64")
+    assert reader.direct is not None
+    for a, b in BLOCKS:
+        np.testing.assert_array_equal(read_rows_into(reader, a, b), V_small[a:b])
