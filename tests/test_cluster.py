@@ -23,11 +23,12 @@ def scheduler_tasks(client) -> int:
 
 def passes_at_scheduler(dask_scheduler) -> set[int]:
     """(On the scheduler) the iterations t whose block steps ``nmf-step-<token>-<t>-<i>``
-    it holds."""
+    or W blocks ``nmf-Wnew-<token>-<t>-<i>`` it holds.  (A pass that has already
+    finished keeps only its W blocks, which the client holds.)"""
     return {
         int(str(key).split("-")[3])
         for key in dask_scheduler.tasks
-        if str(key).startswith("nmf-step-")
+        if str(key).startswith(("nmf-step-", "nmf-Wnew-"))
     }
 
 

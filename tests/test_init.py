@@ -126,3 +126,73 @@ def test_init_does_not_depend_on_the_row_blocks(rng, variant):
     for W, H in results[1:]:
         np.testing.assert_allclose(W, results[0][0], rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(H, results[0][1], rtol=1e-6)
+
+
+@pytest.fixture
+def zarr_V_16mb(tmp_path, rng):
+    """A 16 MB V in zarr, 40 chunks of 200 rows."""
+    import zarr
+
+    V = (rng.random((8000, 6)) + 0.1) @ (rng.random((6, 250)) + 0.1)
+    z = zarr.create_array(str(tmp_path / "V.zarr"), shape=V.shape, chunks=(200, 250), dtype="f8")
+    z[...] = V
+    return str(tmp_path / "V.zarr"), V
+
+
+def test_nndsvd_reads_V_pass_by_pass_without_holding_it(zarr_V_16mb):
+    """The randomized SVD's passes over V are computed one at a time, each
+    dropping V's blocks when done; as one lazy graph they shared V's blocks,
+    which dask then held in memory until the last pass (all of V)."""
+    import tracemalloc
+
+    path, V = zarr_V_16mb
+    Vin = open_input(path, 200)
+    assert Vin.local is None  # read from the store
+    with dask.config.set(scheduler="threads"):
+        nmf_init.nndsvd_init(Vin, 4, V.mean(), "nndsvda", 0)  # first-use allocations
+        tracemalloc.start()
+        try:
+            W_blocks, H = nmf_init.nndsvd_init(Vin, 4, V.mean(), "nndsvda", 0)
+            W = materialize(W_blocks)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < V.nbytes / 2, (peak, V.nbytes)  # (all of V held: 1.3 x V.nbytes)
+    W_ref, H_ref = _initialize_nmf(V, 4, init="nndsvda")  # rank 6: compare the fit, not factors
+    rel = np.linalg.norm(V - W @ H) / np.linalg.norm(V)
+    rel_ref = np.linalg.norm(V - W_ref @ H_ref) / np.linalg.norm(V)
+    assert rel < rel_ref * 1.05
+
+
+def test_nndsvd_passes_run_on_the_given_cluster(zarr_V_16mb, cluster_client, monkeypatch):
+    """The client passed in need not be dask's default scheduler: the SVD's
+    passes over V still run on its workers, and none in this process."""
+    from zarr.storage import LocalStore
+
+    import dask_nmf
+
+    path, _ = zarr_V_16mb
+    local_reads = []
+    real_get = LocalStore.get
+
+    async def counting_get(self, key, *args, **kwargs):
+        if key.startswith("c/"):
+            local_reads.append(key)
+        return await real_get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "get", counting_get)
+    with dask.config.set(scheduler="threads"):  # dask's default here: a local thread pool
+        res = dask_nmf.factorize(
+            path,
+            4,
+            init="nndsvda",
+            max_iter=2,
+            tol=0,
+            client=cluster_client,
+            block_rows=200,
+            keep_in_memory=False,
+        )
+    assert local_reads == []
+    monkeypatch.undo()
+    local = dask_nmf.factorize(path, 4, init="nndsvda", max_iter=2, tol=0, block_rows=200)
+    np.testing.assert_allclose(res.H, local.H, rtol=1e-8)
