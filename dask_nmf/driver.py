@@ -377,12 +377,25 @@ def _tree_reduce_keys(dsk: dict, keys: list, combine: Callable, prefix: str) -> 
     return _reduction_tree(keys, node)
 
 
-def input_stats(runner: Runner, sources: list) -> dict:
-    """One pass over V: its minimum, finiteness, sum and sum of squares."""
-    parts = [dask.delayed(kernels.block_stats, pure=False)(_delayed(s)) for s in sources]
+def input_stats(runner: Runner, sources: list, V: InputMatrix | None = None) -> dict:
+    """One pass over V: its minimum, finiteness, sum and sum of squares.
+
+    When V is to be re-read from its zarr store every pass (``V.zarr``), this
+    pass reads it the way the iterations will, each block decoded inside the
+    task that takes its statistics: no block of V becomes a task result.
+    """
+    if V is not None and V.zarr is not None:
+        reader = BlockReader(V.zarr, V.dtype)
+        parts = [dask.delayed(_stats_of_rows, pure=False)(reader, a, b) for a, b in V.bounds]
+    else:
+        parts = [dask.delayed(kernels.block_stats, pure=False)(_delayed(s)) for s in sources]
     total = tree_reduce(parts, kernels.merge_all_stats)
     (stats,) = runner.compute(total)
     return stats
+
+
+def _stats_of_rows(reader: BlockReader, start: int, stop: int) -> dict:
+    return kernels.block_stats(read_rows_into(reader, start, stop))
 
 
 # --------------------------------------------------------------------------
@@ -760,8 +773,12 @@ def factorize(
             Vin.zarr = None  # the iterations use the kept blocks, not the store
     sources = runner.place(block_sources(Vin))
 
-    stats = input_stats(runner, sources)  # validation and statistics in one pass
-    check_stats(stats)
+    try:
+        stats = input_stats(runner, sources, Vin)  # validation and statistics in one pass
+        check_stats(stats)
+    except BaseException:
+        runner.release_read_buffers()  # (on success, released when the fit ends)
+        raise
     fit = _Fit(runner, Vin, sources, beta, k, reg, stats["sumsq"], stats["sum"])
 
     store = checkpoint

@@ -131,6 +131,21 @@ def test_bad_values_are_found_in_one_pass(tmp_path, V_small):
     assert store.chunk_reads == 7 * 3  # one pass, then nothing else
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_bad_values_in_a_re_read_store_leave_no_read_buffers(tmp_path, V_small, zarr_format):
+    """The validation pass reads a re-read store into the per-thread block
+    buffers, as the iterations do; a refused V does not leave them behind."""
+    from dask_nmf.io import release_read_buffers
+
+    V = V_small.copy()
+    V[100, 7] = np.nan
+    store(tmp_path / "V.zarr", V, zarr_format)  # whole-row chunks: decoded in place
+    release_read_buffers()
+    with pytest.raises(InputError, match=r"NaN"):
+        dask_nmf.factorize(str(tmp_path / "V.zarr"), 3, block_rows=40, keep_in_memory=False)
+    assert release_read_buffers() == 0
+
+
 @pytest.mark.parametrize(
     ("which", "value", "message"),
     [
