@@ -377,16 +377,18 @@ def _tree_reduce_keys(dsk: dict, keys: list, combine: Callable, prefix: str) -> 
     return _reduction_tree(keys, node)
 
 
-def input_stats(runner: Runner, sources: list, V: InputMatrix | None = None) -> dict:
+def input_stats(
+    runner: Runner, sources: list, reader: BlockReader | None = None, bounds: list | None = None
+) -> dict:
     """One pass over V: its minimum, finiteness, sum and sum of squares.
 
-    When V is to be re-read from its zarr store every pass (``V.zarr``), this
-    pass reads it the way the iterations will, each block decoded inside the
-    task that takes its statistics: no block of V becomes a task result.
+    When V is to be re-read from its zarr store every pass (a ``reader`` of it
+    and the row ``bounds``), this pass reads it the way the iterations will,
+    each block decoded inside the task that takes its statistics: no block of
+    V becomes a task result.
     """
-    if V is not None and V.zarr is not None:
-        reader = BlockReader(V.zarr, V.dtype)
-        parts = [dask.delayed(_stats_of_rows, pure=False)(reader, a, b) for a, b in V.bounds]
+    if reader is not None:
+        parts = [dask.delayed(_stats_of_rows, pure=False)(reader, a, b) for a, b in bounds]
     else:
         parts = [dask.delayed(kernels.block_stats, pure=False)(_delayed(s)) for s in sources]
     total = tree_reduce(parts, kernels.merge_all_stats)
@@ -404,7 +406,7 @@ def _stats_of_rows(reader: BlockReader, start: int, stop: int) -> dict:
 class _Fit:
     """State of one factorization: handles of V and W, H, the loss history."""
 
-    def __init__(self, runner, V: InputMatrix, sources, beta, k, reg, norm_v2, v_sum):
+    def __init__(self, runner, V: InputMatrix, sources, reader, beta, k, reg, norm_v2, v_sum):
         self.runner, self.V, self.sources = runner, V, [_delayed(s) for s in sources]
         self.beta, self.k = beta, k
         self.l1_W, self.l2_W, self.l1_H, self.l2_H = reg
@@ -414,11 +416,10 @@ class _Fit:
         # The iteration graph is a plain dict: building it through dask.delayed
         # cost ~3 ms per block and iteration here, a quarter of a Frobenius pass.
         self.source_graph: dict = {}
-        if V.zarr is not None:
+        if reader is not None:
             # V's blocks are read inside the tasks that update them: no block of V
             # is ever a task's result (held by a worker, moved to another), and
             # each step runs where its W block already is.
-            reader = BlockReader(V.zarr, V.dtype)
             self.source_refs = [(read_rows_into, reader, a, b) for a, b in V.bounds]
             # ... and each block stays on one worker, a balanced share per worker
             # (dask would otherwise keep whatever imbalance the first placement had).
@@ -772,14 +773,16 @@ def factorize(
             (Vin.array,) = runner.persist(Vin.array)
             Vin.zarr = None  # the iterations use the kept blocks, not the store
     sources = runner.place(block_sources(Vin))
+    # Re-read from a zarr store: every pass reads V's blocks inside its own tasks.
+    reader = BlockReader(Vin.zarr, Vin.dtype) if Vin.zarr is not None else None
 
     try:
-        stats = input_stats(runner, sources, Vin)  # validation and statistics in one pass
+        stats = input_stats(runner, sources, reader, Vin.bounds)  # validation and statistics
         check_stats(stats)
     except BaseException:
         runner.release_read_buffers()  # (on success, released when the fit ends)
         raise
-    fit = _Fit(runner, Vin, sources, beta, k, reg, stats["sumsq"], stats["sum"])
+    fit = _Fit(runner, Vin, sources, reader, beta, k, reg, stats["sumsq"], stats["sum"])
 
     store = checkpoint
     temp_store = None

@@ -540,7 +540,6 @@ def _direct_decoder(z: zarr.Array) -> Any:
         z.ndim != 2
         or z.chunks[1] != z.shape[1]
         or not z.dtype.isnative
-        or z.dtype.byteorder == ">"
         or sys.byteorder != "little"
         or z.dtype.hasobject
     ):
