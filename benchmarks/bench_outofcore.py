@@ -9,11 +9,18 @@ end.  Peak memory is reported as a ratio to one row block of V; it must not grow
 with V.
 
 Each iteration is also compared with its roofline, measured in the same run:
-``max(bytes(V) / decode rate, 4 m n k / GEMM peak)``, the decode rate being
-what zarr reads and decodes of that store per second on 2 threads in this
-process (no dask; the faster of plain reads and reads into reused buffers), the peak a square float64 GEMM on 2 threads.  One size is
-run a second time with dask's own worker malloc settings
-(``dask-nmf.worker-malloc: False``) to show what the tuning buys.
+``max(bytes(V) / decode rate, 4 m n k / GEMM peak)``, the decode rate being the
+fastest of four ways of reading and decoding that store on 2 threads in this
+process (no dask: plain zarr reads, zarr into reused buffers, dask_nmf's own
+reads, the chunk files + numcodecs), the peak a square float64 GEMM on 2
+threads; and with dask_nmf's per-block work run with no dask at all (two
+threads, each reading and updating its share of the blocks), which splits the
+distance to the roofline into what the work itself costs and what dask adds.
+Blocks are dask_nmf's default for these workers.  Two sizes are run a second
+time: with dask's own worker malloc settings (``dask-nmf.worker-malloc:
+False``) to show what the tuning buys, and with 1000-row blocks (the default
+before blocks were allowed 1/8 of a worker's memory) to show what larger
+blocks buy.
 """
 
 from __future__ import annotations
@@ -107,6 +114,47 @@ def decode_rate(path, block_rows: int) -> dict:
     return rates
 
 
+def without_dask_ms(path, k: int, block_rows: int) -> float:
+    """ms per pass of dask_nmf's own per-block work with no dask at all: two
+    threads in this process, each reading its share of the blocks
+    (``io.read_rows_into``) and running the Frobenius block step on them
+    (one BLAS thread each), as the two workers do.  What the fit would take
+    if the scheduler, the workers' event loops and the task hand-offs were free."""
+    import threading
+
+    import zarr
+    from threadpoolctl import threadpool_limits
+
+    from dask_nmf import io, kernels
+
+    z = zarr.open_array(str(path), mode="r")
+    m, n = z.shape
+    reader = io.BlockReader(z, z.dtype)
+    rng = np.random.default_rng(0)
+    H = rng.random((k, n))
+    HHt = H @ H.T
+    W = rng.random((m, k))
+    starts = list(range(0, m, block_rows))
+
+    def share(mine):
+        with threadpool_limits(1):
+            for a in mine:
+                b = min(a + block_rows, m)
+                kernels.frobenius_block_step(io.read_rows_into(reader, a, b), W[a:b], H, HHt)
+
+    def one_pass():
+        threads = [threading.Thread(target=share, args=(starts[j::2],)) for j in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    wait_quiet()
+    t = best_of(one_pass, repeats=3)
+    io.release_read_buffers()
+    return 1e3 * t
+
+
 def one_size(path, m, n, k, block_rows, iters, n_workers, memory_limit, log) -> dict:
     import psutil
     from distributed import Client
@@ -114,7 +162,6 @@ def one_size(path, m, n, k, block_rows, iters, n_workers, memory_limit, log) -> 
     import dask_nmf
 
     itemsize = 8
-    block_bytes = block_rows * n * itemsize
     with local_cluster(n_workers, 1, memory_limit=memory_limit) as cluster, Client(cluster) as client:
         client.run(_import_worker_modules)
         time.sleep(0.5)
@@ -132,6 +179,8 @@ def one_size(path, m, n, k, block_rows, iters, n_workers, memory_limit, log) -> 
                 callback=lambda s, loss: stamps.append(time.perf_counter()),
             )
         wall = time.perf_counter() - t0
+        block_rows = res.params["block_rows"]
+        block_bytes = block_rows * n * itemsize
         maxrss = client.run(_worker_maxrss)
         workers_after = set(client.scheduler_info(n_workers=-1)["workers"])
         client_rss1 = psutil.Process().memory_info().rss
@@ -141,7 +190,7 @@ def one_size(path, m, n, k, block_rows, iters, n_workers, memory_limit, log) -> 
     limit_total = n_workers * memory_limit
     row = {
         "label": "",
-        "rows": m, "V_MiB": m * n * itemsize / 2**20, "V_stored_MiB": store_bytes(path) / 2**20,
+        "rows": m, "block_rows": block_rows, "block_MiB": block_bytes / 2**20, "V_MiB": m * n * itemsize / 2**20, "V_stored_MiB": store_bytes(path) / 2**20,
         "V_over_memory_limit": m * n * itemsize / limit_total,
         "iterations": res.n_iter, "wall_s": wall,
         "ms_per_iter": 1e3 * float(np.median(diffs)),
@@ -172,7 +221,6 @@ def run(args, ctx) -> dict:
     quick = args.quick
     n, k = 2000, 16
     chunk_rows = 500
-    block_rows = 1000  # 16 MB row blocks (2 zarr chunks each)
     n_workers = 2
     memory_limit = 320 * 2**20
     sizes = [8000, 16000, 32000] if quick else [16000, 32000, 64000, 128000]
@@ -182,41 +230,57 @@ def run(args, ctx) -> dict:
     peak = gemm_peak_gflops()
     log(f"  GEMM peak (float64, square, 2 threads): {peak:.0f} GFLOP/s")
     log(f"  LocalCluster {n_workers} workers x 1 thread, memory_limit {memory_limit / 2**20:.0f} MiB each; "
-        f"n={n}, k={k}, float64, block_rows={block_rows} ({block_rows * n * 8 / 2**20:.0f} MiB blocks), "
-        f"{iters} iterations, keep_in_memory=False")
+        f"n={n}, k={k}, float64, dask_nmf's default blocks, {iters} iterations, keep_in_memory=False")
     for m in sizes:
         path = zarr_store(data_dir(args) / f"ooc_{m}x{n}_float64.zarr", m, n, np.float64,
                           chunk_rows=chunk_rows, log=log)
+        # Variants: dask's own worker malloc settings (what dask_nmf.workers buys) and
+        # the 1000-row (16 MB) blocks of a 1/16-of-a-worker cap (what larger blocks buy).
+        variants = [("", {}, None)]
+        if m == sizes[1]:
+            variants.append(("dask's worker malloc", {"dask-nmf.worker-malloc": False}, None))
+        if m == sizes[2]:
+            variants.append(("1000-row blocks", {}, 1000))
+        size_rows = []
+        for label, config, block_rows in variants:
+            with dask.config.set(config):
+                row = one_size(path, m, n, k, block_rows, iters, n_workers, memory_limit, log)
+            row["label"] = label
+            size_rows.append(row)
+        block_rows = size_rows[0]["block_rows"]  # the default's
         rates = decode_rate(path, block_rows)
         bw = max(rates.values())  # the faster way is the floor
         floor_ms = 1e3 * max(m * n * 8 / (bw * 1e9), 4 * m * n * k / (peak * 1e9))
+        no_dask = without_dask_ms(path, k, block_rows)
         log(f"    store decodes at {rates['plain']:.2f} GB/s (plain zarr reads) / "
             f"{rates['into_buffer']:.2f} (zarr into reused buffers) / {rates['dask_nmf']:.2f} (dask_nmf's reads) / "
-            f"{rates['files']:.2f} (files + numcodecs, no zarr) on 2 threads: roofline {floor_ms:.0f} ms/iter")
-        variants = [("", {})]
-        if m == sizes[1]:
-            variants.append(("dask's worker malloc: ", {"dask-nmf.worker-malloc": False}))
-        for label, config in variants:
-            with dask.config.set(config):
-                row = one_size(path, m, n, k, block_rows, iters, n_workers, memory_limit, log)
-            row.update(label=label.rstrip(": "), decode_GBs_2t=bw, decode_rates=rates, roofline_ms=floor_ms,
-                       over_roofline=row["ms_per_iter"] / floor_ms)
-            log(f"      {row['ms_per_iter']:.0f} ms/iter = {row['over_roofline']:.2f}x the roofline")
-            rows.append(row)
+            f"{rates['files']:.2f} (files + numcodecs, no zarr) on 2 threads: roofline {floor_ms:.0f} ms/iter; "
+            f"the per-block work without dask {no_dask:.0f} ms/pass = {no_dask / floor_ms:.2f}x it")
+        for row in size_rows:
+            row.update(decode_GBs_2t=bw, decode_rates=rates, roofline_ms=floor_ms,
+                       over_roofline=row["ms_per_iter"] / floor_ms, without_dask_ms=no_dask,
+                       without_dask_over_roofline=no_dask / floor_ms,
+                       over_without_dask=row["ms_per_iter"] / no_dask)
+            log(f"      {row['label'] or 'default'}: {row['ms_per_iter']:.0f} ms/iter = "
+                f"{row['over_roofline']:.2f}x the roofline, {row['over_without_dask']:.2f}x the work without dask")
+        rows.extend(size_rows)
     log("")
-    log(table(rows, ["label", "V_MiB", "V_over_memory_limit", "ms_per_iter", "read_GBs", "decode_GBs_2t",
-                     "roofline_ms", "over_roofline", "idle_rss_MiB", "peak_rss_MiB",
-                     "peak_over_block", "peak_minus_idle_over_block", "maxrss_minus_idle_over_block",
-                     "workers_restarted"],
-              title=f"Out of core: {n_workers} workers x {memory_limit / 2**20:.0f} MiB, "
-                    f"block = {block_rows}x{n} float64 = {block_rows * n * 8 / 2**20:.0f} MiB",
-              headers={"label": "variant", "decode_GBs_2t": "store decode GB/s (2 thr)",
-                       "roofline_ms": "roofline ms", "over_roofline": "x roofline", "V_MiB": "V MiB", "V_over_memory_limit": "V / worker mem",
+    log(table(rows, ["label", "V_MiB", "V_over_memory_limit", "block_rows", "ms_per_iter", "read_GBs",
+                     "decode_GBs_2t", "roofline_ms", "without_dask_ms", "over_roofline",
+                     "without_dask_over_roofline", "over_without_dask", "idle_rss_MiB", "peak_rss_MiB",
+                     "peak_worker_MiB", "peak_over_block", "peak_minus_idle_over_block",
+                     "maxrss_minus_idle_over_block", "workers_restarted"],
+              title=f"Out of core: {n_workers} workers x {memory_limit / 2**20:.0f} MiB, n = {n}, k = {k}, float64",
+              headers={"label": "variant", "decode_GBs_2t": "store decode GB/s (2 thr)", "block_rows": "block rows",
+                       "roofline_ms": "roofline ms", "without_dask_ms": "no-dask ms",
+                       "over_roofline": "x roofline", "without_dask_over_roofline": "no-dask x roofline",
+                       "over_without_dask": "x no-dask", "V_MiB": "V MiB", "V_over_memory_limit": "V / worker mem",
                        "ms_per_iter": "ms/iter", "read_GBs": "V GB/s", "idle_rss_MiB": "idle RSS MiB",
-                       "peak_rss_MiB": "peak RSS MiB", "peak_over_block": "peak / block",
+                       "peak_rss_MiB": "peak RSS MiB", "peak_worker_MiB": "peak worker MiB",
+                       "peak_over_block": "peak / block",
                        "peak_minus_idle_over_block": "(peak-idle) / block",
                        "maxrss_minus_idle_over_block": "(maxrss-idle) / block",
                        "workers_restarted": "restarts"}))
     log("")
-    return {"gemm_peak_gflops": peak, "n": n, "k": k, "block_rows": block_rows, "chunk_rows": chunk_rows, "n_workers": n_workers,
+    return {"gemm_peak_gflops": peak, "n": n, "k": k, "chunk_rows": chunk_rows, "n_workers": n_workers,
             "memory_limit_bytes": memory_limit, "iterations": iters, "sizes": rows}

@@ -13,6 +13,7 @@ import sys
 import threading
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,20 +98,27 @@ def default_block_rows(
     parallelism: int = 1,
     row_bytes: int | None = None,
 ) -> int:
-    """Rows per block: at most dask's ``array.chunk-size``, and enough blocks to
-    keep every worker thread busy (two per thread).
+    """Rows per block: at most dask's ``array.chunk-size``, enough blocks to keep
+    every worker thread busy (two per thread), as few as that allows, and as
+    many as the threads can share evenly (a multiple of their number, all but
+    the last of the same size).
 
-    Rounded to a multiple of the store's row chunk where that is smaller, so no
-    stored chunk is split between two blocks (and decompressed twice).
+    Few blocks, because every block costs the scheduler and the worker a task
+    or two each iteration; an even share, because an iteration ends when the
+    busiest thread does.  Blocks are whole multiples of the store's row chunk
+    where the memory cap allows, so no stored chunk is split between two blocks
+    (and decompressed twice).
     """
     target = parse_bytes(dask.config.get("array.chunk-size"))
     if row_bytes is None:
         row_bytes = n_cols * np.dtype(dtype).itemsize
-    rows = max(1, target // max(1, row_bytes))
-    rows = min(rows, max(1, -(-n_rows // (2 * max(1, parallelism)))))
-    if row_chunk and rows > row_chunk:
-        rows = (rows // row_chunk) * row_chunk
-    return int(rows)
+    cap = max(1, target // max(1, row_bytes))
+    unit = row_chunk if row_chunk and row_chunk <= cap else 1
+    units = -(-n_rows // unit)
+    threads = max(1, parallelism)
+    n_blocks = max(-(-units // max(1, cap // unit)), 2 * threads)
+    n_blocks = min(units, -(-n_blocks // threads) * threads)
+    return int(min(n_rows, -(-units // n_blocks) * unit))
 
 
 def row_bounds(n_rows: int, block_rows: int) -> list[tuple[int, int]]:
@@ -602,7 +610,8 @@ def _read_chunks_into(z: zarr.Array, codec: Any, start: int, stop: int, out: np.
     found = _get_chunks(paths)
     chunk_bytes = rows_per_chunk * n * z.dtype.itemsize
     fill = 0 if z.fill_value is None else z.fill_value
-    for i, data in zip(range(first, last + 1), found):
+    for i in range(first, last + 1):
+        data = next(found)  # (zip would hold the last chunk's bytes while reading this one)
         a, b = i * rows_per_chunk, (i + 1) * rows_per_chunk  # the stored chunk's rows
         lo, hi = max(a, start), min(b, stop)
         if data is None:  # never written: the fill value
@@ -623,14 +632,21 @@ def _read_chunks_into(z: zarr.Array, codec: Any, start: int, stop: int, out: np.
             codec.decode(raw, out=dest)
         if not whole:
             out[lo - start : hi - start] = dest[lo - a : hi - a]
+        del data, raw  # freed before the next chunk is read
 
 
-def _get_chunks(paths: list) -> list:
-    """The stored bytes at ``paths`` (None where absent).
+def _get_chunks(paths: list) -> Iterator:
+    """The stored bytes at ``paths`` (None where absent), in order.
 
     Stores that can read synchronously (local files, memory) are read in the
-    calling thread: through zarr's event loop, every read of a block is a hop
-    to its thread and back, and the two worker threads' reads queue there.
+    calling thread, one chunk at a time as the caller asks for the next: through
+    zarr's event loop, every read of a block is a hop to its thread and back,
+    and the two worker threads' reads queue there; and one compressed chunk
+    alive at a time, not a whole block's, stays within what a worker's malloc
+    keeps for reuse (:mod:`dask_nmf.workers`) -- a block's worth of chunk bytes
+    freed at once went back to the operating system, to be faulted in again by
+    the next read.  Other stores (object storage) are read all at once,
+    concurrently: there the latency of each request counts.
     """
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
@@ -641,8 +657,8 @@ def _get_chunks(paths: list) -> list:
     except ImportError:  # zarr < 3.1.5
         SupportsGetSync = ()
     if paths and isinstance(paths[0].store, SupportsGetSync):
-        return [p.get_sync(prototype=prototype) for p in paths]
-    return sync(_get_all(paths, prototype))
+        return (p.get_sync(prototype=prototype) for p in paths)
+    return iter(sync(_get_all(paths, prototype)))
 
 
 async def _get_all(paths: list, prototype: Any) -> list:

@@ -231,11 +231,19 @@ def test_float32_agrees_with_float64(V_small, start):
     np.testing.assert_allclose(r32.H, r64.H, rtol=1e-3, atol=1e-5)
 
 
-def test_block_rows_default_follows_dask_chunk_size(V_small):
-    with dask.config.set({"array.chunk-size": f"{41 * 8 * 25}B", "num_workers": 1}):
+@pytest.mark.parametrize(
+    "threads, blocks",
+    [
+        (1, (23,) * 6 + (19,)),  # the fewest blocks of at most 25 rows (7), evened out
+        (2, (20,) * 7 + (17,)),  # ... and as many as 2 threads share evenly (8)
+        (3, (18,) * 8 + (13,)),  # 9
+    ],
+)
+def test_block_rows_default_follows_dask_chunk_size(V_small, threads, blocks):
+    with dask.config.set({"array.chunk-size": f"{41 * 8 * 25}B", "num_workers": threads}):
         res = dask_nmf.factorize(V_small, 3, init="random", max_iter=2)
-    assert res.W.chunks[0] == (25,) * 6 + (7,)
-    assert res.params["block_rows"] == 25
+    assert res.W.chunks[0] == blocks
+    assert res.params["block_rows"] == blocks[0]
 
 
 def test_block_rows_default_gives_every_thread_two_blocks(V_small):

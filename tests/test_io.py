@@ -360,6 +360,34 @@ def test_fit_re_reading_a_directly_decoded_store(tmp_path, V_small, expected, la
     np.testing.assert_allclose(res.W.compute(), expected.W.compute(), rtol=1e-10)
 
 
+def test_a_local_store_holds_one_chunk_of_bytes_at_a_time(tmp_path, V_small, monkeypatch):
+    # A block's compressed chunks all alive at once went back to the OS when
+    # freed (they exceed what a worker's malloc keeps) and faulted in again.
+    import gc
+    import weakref
+
+    from zarr.storage._common import StorePath
+
+    from dask_nmf.io import BlockReader, read_rows_into
+
+    z = store(tmp_path / "V.zarr", V_small)
+    reader = BlockReader(z, "float64")
+    assert reader.direct is not None
+    alive, reads = [], []
+    get_sync = StorePath.get_sync
+
+    def counting(self, *args, **kwargs):
+        gc.collect()
+        reads.append(sum(ref() is not None for ref in alive))
+        data = get_sync(self, *args, **kwargs)
+        alive.append(weakref.ref(data))
+        return data
+
+    monkeypatch.setattr(StorePath, "get_sync", counting)
+    np.testing.assert_array_equal(read_rows_into(reader, 10, 150), V_small[10:150])
+    assert reads == [0] * 8  # 8 chunks, each read after the one before was freed
+
+
 def test_direct_decoding_through_an_async_store(tmp_path, V_small):
     from zarr.storage import FsspecStore
 
