@@ -16,11 +16,10 @@ reads, the chunk files + numcodecs), the peak a square float64 GEMM on 2
 threads; and with dask_nmf's per-block work run with no dask at all (two
 threads, each reading and updating its share of the blocks), which splits the
 distance to the roofline into what the work itself costs and what dask adds.
-Blocks are dask_nmf's default for these workers.  Two sizes are run a second
-time: with dask's own worker malloc settings (``dask-nmf.worker-malloc:
-False``) to show what the tuning buys, and with 1000-row blocks (the default
-before blocks were allowed 1/8 of a worker's memory) to show what larger
-blocks buy.
+Blocks are dask_nmf's default for these workers (at most 1/16 of a worker's
+memory).  Two sizes are run a second time: with dask's own worker malloc
+settings (``dask-nmf.worker-malloc: False``) to show what the tuning buys, and
+with blocks of up to 1/8 of a worker's memory to show what larger blocks buy.
 """
 
 from __future__ import annotations
@@ -217,6 +216,8 @@ def one_size(path, m, n, k, block_rows, iters, n_workers, memory_limit, log) -> 
 
 
 def run(args, ctx) -> dict:
+    from dask_nmf import io
+
     log = ctx["log"]
     quick = args.quick
     n, k = 2000, 16
@@ -235,12 +236,15 @@ def run(args, ctx) -> dict:
         path = zarr_store(data_dir(args) / f"ooc_{m}x{n}_float64.zarr", m, n, np.float64,
                           chunk_rows=chunk_rows, log=log)
         # Variants: dask's own worker malloc settings (what dask_nmf.workers buys) and
-        # the 1000-row (16 MB) blocks of a 1/16-of-a-worker cap (what larger blocks buy).
+        # the default rule with blocks of up to 1/8 of a worker, not 1/16 (what larger
+        # blocks would buy).
         variants = [("", {}, None)]
         if m == sizes[1]:
             variants.append(("dask's worker malloc", {"dask-nmf.worker-malloc": False}, None))
         if m == sizes[2]:
-            variants.append(("1000-row blocks", {}, 1000))
+            with dask.config.set({"array.chunk-size": memory_limit // 8}):
+                larger = io.default_block_rows(m, n, np.float64, chunk_rows, n_workers)
+            variants.append(("blocks of 1/8 of a worker", {}, larger))
         size_rows = []
         for label, config, block_rows in variants:
             with dask.config.set(config):

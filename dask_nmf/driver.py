@@ -57,7 +57,7 @@ from .persistence import NMFResult
 BETA_LOSSES = {"frobenius": 2, "kullback-leibler": 1, 2: 2, 1: 1}
 BETA_NAMES = {2: "frobenius", 1: "kullback-leibler"}
 #: On a cluster, a row block is at most this fraction of a worker thread's memory limit.
-BLOCK_MEMORY_FRACTION = 1 / 8
+BLOCK_MEMORY_FRACTION = 1 / 16
 #: Fan-in of the reduction tree over the blocks' partial sums.
 SPLIT_EVERY = 8
 
@@ -275,15 +275,15 @@ class Runner:
     def block_size_limit(self):
         """A context capping dask's ``array.chunk-size`` (the default block size) by memory.
 
-        Reading V out of core, a worker thread holds the block it reads and
-        updates (decoded in place, one stored chunk's bytes at a time) and
-        temporaries of bounded size; its peak memory rises by about one block
-        per thread over idle plus what :mod:`dask_nmf.workers` lets malloc keep
-        (benchmarks' "outofcore").  Blocks get at most 1/8 of a worker's memory
-        limit per thread: fewer, larger blocks mean fewer tasks per iteration
-        (with 1/16, iterations out of core took ~10 % longer on 2 x 320 MiB
-        workers), and a worker still peaks near half its limit, below dask's
-        60 % target.
+        Reading V out of core, a worker thread holds little more than the block
+        it reads and updates, but the NNDSVD initializations' randomized SVD
+        (dask's ``svd_compressed`` over V's blocks) holds about six per worker
+        thread at its peak, so blocks get at most 1/16 of a worker's memory
+        limit per thread, which keeps workers below dask's 60 % memory target.
+        Larger blocks make iterations out of core faster (fewer tasks: with
+        1/8, ~10 % on 2 x 320 MiB workers) but raised the hyperspectral
+        example's peak during initialization from 689 to 799 MiB of a 1 GiB
+        worker (benchmarks/README.md, section 3).
         """
         if not self.distributed:
             return contextlib.nullcontext()
@@ -638,7 +638,7 @@ def factorize(
         Regularization, scaled as in scikit-learn (W terms by n, H terms by m).
     block_rows : int, optional
         Rows of V per block (and per W block).  Default: from dask's
-        ``array.chunk-size`` (on a cluster at most 1/8 of a worker thread's
+        ``array.chunk-size`` (on a cluster at most 1/16 of a worker thread's
         memory limit), at least two blocks per worker thread and a multiple of
         their number, whole store row chunks where the cap allows.
     client : distributed.Client, optional

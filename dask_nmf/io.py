@@ -118,7 +118,14 @@ def default_block_rows(
     threads = max(1, parallelism)
     n_blocks = max(-(-units // max(1, cap // unit)), 2 * threads)
     n_blocks = min(units, -(-n_blocks // threads) * threads)
-    return int(min(n_rows, -(-units // n_blocks) * unit))
+    size = -(-units // n_blocks)
+    # Whole units can give another count (100 chunks in 26 blocks of 4 are 25):
+    # take smaller blocks, down to half the size, for a count the threads share.
+    for smaller in range(size, max(1, size // 2) - 1, -1):
+        if -(-units // smaller) % threads == 0:
+            size = smaller
+            break
+    return int(min(n_rows, size * unit))
 
 
 def row_bounds(n_rows: int, block_rows: int) -> list[tuple[int, int]]:

@@ -246,6 +246,25 @@ def test_block_rows_default_follows_dask_chunk_size(V_small, threads, blocks):
     assert res.params["block_rows"] == blocks[0]
 
 
+@pytest.mark.parametrize(
+    "n_rows, cap_rows, threads, expected",
+    [
+        (7000, 280, 2, 210),  # 100 chunks of 70, at most 4 per block: 25 blocks of 4 (odd) -> 34 of 3
+        (7000, 280, 1, 280),  # one thread: 25 blocks of 4 are fine
+        (7000, 7000, 4, 910),  # 8 blocks of 13 chunks (two per thread, no cap)
+        (7000, 35, 2, 35),  # the cap is below one chunk: blocks split chunks (200 of 35 rows)
+    ],
+)
+def test_default_block_rows_shares_blocks_evenly(n_rows, cap_rows, threads, expected):
+    from dask_nmf.io import default_block_rows, row_bounds
+
+    with dask.config.set({"array.chunk-size": f"{cap_rows * 80}B"}):
+        rows = default_block_rows(n_rows, 10, np.float64, row_chunk=70, parallelism=threads)
+    assert rows == expected
+    assert rows <= cap_rows
+    assert len(row_bounds(n_rows, rows)) % threads == 0
+
+
 def test_block_rows_default_gives_every_thread_two_blocks(V_small):
     with dask.config.set({"num_workers": 4}):
         res = dask_nmf.factorize(V_small, 3, init="random", max_iter=2)
