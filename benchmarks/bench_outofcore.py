@@ -16,10 +16,11 @@ reads, the chunk files + numcodecs), the peak a square float64 GEMM on 2
 threads; and with dask_nmf's per-block work run with no dask at all (two
 threads, each reading and updating its share of the blocks), which splits the
 distance to the roofline into what the work itself costs and what dask adds.
-Blocks are dask_nmf's default for these workers (at most 1/16 of a worker's
+Blocks are dask_nmf's default for these workers (at most 1/8 of a worker's
 memory).  Two sizes are run a second time: with dask's own worker malloc
 settings (``dask-nmf.worker-malloc: False``) to show what the tuning buys, and
-with blocks of up to 1/8 of a worker's memory to show what larger blocks buy.
+with blocks of up to 1/16 of a worker's memory (the default before) to show
+what the larger blocks buy.
 """
 
 from __future__ import annotations
@@ -236,15 +237,15 @@ def run(args, ctx) -> dict:
         path = zarr_store(data_dir(args) / f"ooc_{m}x{n}_float64.zarr", m, n, np.float64,
                           chunk_rows=chunk_rows, log=log)
         # Variants: dask's own worker malloc settings (what dask_nmf.workers buys) and
-        # the default rule with blocks of up to 1/8 of a worker, not 1/16 (what larger
-        # blocks would buy).
+        # the default rule with blocks of up to 1/16 of a worker, not 1/8 (what the
+        # larger blocks buy).
         variants = [("", {}, None)]
         if m == sizes[1]:
             variants.append(("dask's worker malloc", {"dask-nmf.worker-malloc": False}, None))
         if m == sizes[2]:
-            with dask.config.set({"array.chunk-size": memory_limit // 8}):
-                larger = io.default_block_rows(m, n, np.float64, chunk_rows, n_workers)
-            variants.append(("blocks of 1/8 of a worker", {}, larger))
+            with dask.config.set({"array.chunk-size": memory_limit // 16}):
+                smaller = io.default_block_rows(m, n, np.float64, chunk_rows, n_workers)
+            variants.append(("blocks of 1/16 of a worker", {}, smaller))
         size_rows = []
         for label, config, block_rows in variants:
             with dask.config.set(config):

@@ -57,7 +57,7 @@ from .persistence import NMFResult
 BETA_LOSSES = {"frobenius": 2, "kullback-leibler": 1, 2: 2, 1: 1}
 BETA_NAMES = {2: "frobenius", 1: "kullback-leibler"}
 #: On a cluster, a row block is at most this fraction of a worker thread's memory limit.
-BLOCK_MEMORY_FRACTION = 1 / 16
+BLOCK_MEMORY_FRACTION = 1 / 8
 #: Fan-in of the reduction tree over the blocks' partial sums.
 SPLIT_EVERY = 8
 
@@ -276,14 +276,15 @@ class Runner:
         """A context capping dask's ``array.chunk-size`` (the default block size) by memory.
 
         Reading V out of core, a worker thread holds little more than the block
-        it reads and updates, but the NNDSVD initializations' randomized SVD
-        (dask's ``svd_compressed`` over V's blocks) holds about six per worker
-        thread at its peak, so blocks get at most 1/16 of a worker's memory
-        limit per thread, which keeps workers below dask's 60 % memory target.
-        Larger blocks make iterations out of core faster (fewer tasks: with
-        1/8, ~10 % on 2 x 320 MiB workers) but raised the hyperspectral
-        example's peak during initialization from 689 to 799 MiB of a 1 GiB
-        worker (benchmarks/README.md, section 3).
+        it reads and updates (decoded in place, one stored chunk's bytes at a
+        time), and the NNDSVD initializations' randomized SVD reads V in pieces
+        of at most half a block, of which it holds about six per thread at its
+        peak.  Blocks get at most 1/8 of a worker's memory limit per thread:
+        fewer, larger blocks mean fewer tasks per iteration (with 1/16,
+        iterations out of core took ~10 % longer on 2 x 320 MiB workers), and
+        workers stay below dask's 60 % memory target (the hyperspectral
+        example: 593 MiB of a 1 GiB worker at its peak; 799 MiB when the SVD
+        read whole blocks of this size).
         """
         if not self.distributed:
             return contextlib.nullcontext()
@@ -638,7 +639,7 @@ def factorize(
         Regularization, scaled as in scikit-learn (W terms by n, H terms by m).
     block_rows : int, optional
         Rows of V per block (and per W block).  Default: from dask's
-        ``array.chunk-size`` (on a cluster at most 1/16 of a worker thread's
+        ``array.chunk-size`` (on a cluster at most 1/8 of a worker thread's
         memory limit), at least two blocks per worker thread and a multiple of
         their number, whole store row chunks where the cap allows.
     client : distributed.Client, optional
@@ -820,7 +821,7 @@ def factorize(
         if resume_meta is not None:
             W_h, H, losses, t = _restore(checkpoint, resume_meta, Vin, storage_options)
         else:
-            W_src, H = custom or _initialize(init, Vin, k, stats, random_state, runner)
+            W_src, H = custom or _initialize(init, Vin, k, stats, random_state, runner, reader)
             W_h, losses, t = runner.place(W_src), [], 0
             if store is not None:
                 persistence.create_store(
@@ -968,11 +969,11 @@ def factorize(
     return result
 
 
-def _initialize(init, Vin, k, stats, random_state, runner):
+def _initialize(init, Vin, k, stats, random_state, runner, reader=None):
     mean = stats["sum"] / (Vin.shape[0] * Vin.shape[1])
     if init == "random":
         return random_init(Vin, k, mean, random_state)
-    return nndsvd_init(Vin, k, mean, init, random_state, runner)
+    return nndsvd_init(Vin, k, mean, init, random_state, runner, reader)
 
 
 def _check_resumable(meta: dict, params: dict, Vin: InputMatrix) -> None:

@@ -15,7 +15,15 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .io import InputError, InputMatrix, as_dask_array, check_factor
+from .io import (
+    BlockReader,
+    InputError,
+    InputMatrix,
+    as_dask_array,
+    check_factor,
+    read_rows,
+    row_bounds,
+)
 
 INITS = ("random", "nndsvd", "nndsvda", "nndsvdar", "custom")
 #: scikit-learn zeroes NNDSVD entries below this before filling them.
@@ -102,8 +110,43 @@ def _nndsvd_w_block(
     return W
 
 
+def _svd_input(V: InputMatrix, reader: BlockReader | None) -> da.Array:
+    """V as the randomized SVD reads it.
+
+    Re-read from a dense zarr store, V comes in pieces of whole stored chunks of
+    at most half a block, each decoded inside the task that uses it: dask's
+    ``svd_compressed`` holds several pieces per worker thread at its peak (about
+    six), which with whole blocks set the limit on the block size (the
+    hyperspectral example: 689 MiB of a 1 GiB worker with 61 MiB blocks).
+    """
+    import zarr
+
+    if reader is None or not isinstance(reader.array, zarr.Array):
+        return as_dask_array(V)
+    chunk = reader.array.chunks[0]
+    piece = max(chunk, (V.block_rows // 2) // chunk * chunk)
+    if piece >= V.block_rows:
+        return as_dask_array(V)
+    m, n = V.shape
+    meta = np.empty((0, n), dtype=V.dtype)
+    return da.concatenate(
+        [
+            da.from_delayed(
+                dask.delayed(read_rows, pure=True)(reader, a, b), (b - a, n), V.dtype, meta=meta
+            )
+            for a, b in row_bounds(m, piece)
+        ]
+    )
+
+
 def nndsvd_init(
-    V: InputMatrix, k: int, v_mean: float, variant: str, random_state: Any, runner: Any = None
+    V: InputMatrix,
+    k: int,
+    v_mean: float,
+    variant: str,
+    random_state: Any,
+    runner: Any = None,
+    reader: BlockReader | None = None,
 ):
     """NNDSVD (Boutsidis & Gallopoulos) from an out-of-core randomized SVD.
 
@@ -112,12 +155,13 @@ def nndsvd_init(
     negative parts are reduced to k numbers each, then W is built block by block.
     ``runner`` (the driver's, with ``persist`` and ``compute``; default: dask's
     own functions) keeps the m x k left singular vectors on the cluster while
-    W is made.
+    W is made.  ``reader``: V's zarr store when V is re-read from it every
+    pass (see :func:`_svd_input`).
     """
     from sklearn.utils import check_random_state  # (scikit-learn is slow to import)
 
     rng = check_random_state(random_state)
-    Vd = as_dask_array(V)
+    Vd = _svd_input(V, reader)
     # compute=True: each product with V is computed on its own, so V is read
     # once per pass and dropped.  Lazily, all six passes were one graph sharing
     # V's blocks, which dask then held until the last pass needed them: on the
@@ -129,7 +173,7 @@ def nndsvd_init(
         U, S, Vt = da.linalg.svd_compressed(
             Vd, k, n_power_iter=2, seed=int(rng.randint(0, 2**31 - 1)), compute=True
         )
-    U = U.rechunk((Vd.chunks[0], (k,)))
+    U = U.rechunk((tuple(b - a for a, b in V.bounds), (k,)))  # W's blocks
     persist = runner.persist if runner is not None else dask.persist
     compute = runner.compute if runner is not None else dask.compute
     # One persist of all three: they share the projection passes over V.

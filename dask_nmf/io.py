@@ -500,6 +500,18 @@ class BlockReader:
         return self.token
 
 
+def read_rows(reader: BlockReader, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a dense zarr ``reader``, as a new array (a task's
+    result that dask may hold), decoded in place where the layout allows."""
+    z = reader.array
+    if reader.direct is not None:
+        out = np.empty((stop - start, z.shape[1]), dtype=z.dtype)
+        _read_chunks_into(z, reader.direct, start, stop, out)
+    else:
+        out = z[start:stop]
+    return out if out.dtype == reader.dtype else out.astype(reader.dtype)
+
+
 def read_rows_into(reader: BlockReader, start: int, stop: int) -> np.ndarray:
     """Rows ``start:stop`` of ``reader``'s array, decoded into this thread's buffer.
 

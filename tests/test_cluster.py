@@ -152,21 +152,21 @@ def test_default_client_is_used_and_temp_store_removed(cluster_client, V_small):
 
 
 def test_default_blocks_follow_worker_memory():
-    """Blocks get at most 1/16 of a worker thread's memory limit (here 1 GiB / 2 / 16)."""
+    """Blocks get at most 1/8 of a worker thread's memory limit (here 512 MiB / 2 / 8)."""
     import dask.array as da
     from distributed import LocalCluster
 
     V = da.ones((200_000, 100), chunks=(1000, 100))  # 160 MB, never in memory whole
     with (
         LocalCluster(
-            n_workers=1, threads_per_worker=2, memory_limit="1GiB", dashboard_address=None
+            n_workers=1, threads_per_worker=2, memory_limit="512MiB", dashboard_address=None
         ) as cluster,
         Client(cluster) as client,
     ):
         res = dask_nmf.factorize(
             V, 2, init="random", max_iter=1, tol=0, client=client, keep_in_memory=False
         )
-    assert res.params["block_rows"] * 100 * 8 <= 2**30 // 2 // 16
+    assert res.params["block_rows"] * 100 * 8 <= 2**29 // 2 // 8
     # At most 41 whole 1000-row chunks: 5 blocks, made 6 for the 2 threads, evened out.
     assert res.params["block_rows"] == 34_000
     # Without a cluster the same V gets dask's 128 MiB chunk-size cap, split for 2 threads.

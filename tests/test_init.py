@@ -164,6 +164,34 @@ def test_nndsvd_reads_V_pass_by_pass_without_holding_it(zarr_V_16mb):
     assert rel < rel_ref * 1.05
 
 
+def test_nndsvd_reads_a_re_read_store_in_pieces(zarr_V_16mb, monkeypatch):
+    """With V re-read from its store every pass, the randomized SVD reads it in
+    pieces of whole stored chunks of at most half a block (dask holds several
+    per worker thread at its peak), and W still comes in V's blocks."""
+    from dask_nmf.io import BlockReader
+
+    path, V = zarr_V_16mb
+    Vin = open_input(path, 1000)  # blocks of five 200-row chunks
+    pieces = []
+    read_rows = nmf_init.read_rows
+
+    def recording(reader, a, b):
+        pieces.append(b - a)
+        return read_rows(reader, a, b)
+
+    monkeypatch.setattr(nmf_init, "read_rows", recording)
+    with dask.config.set(scheduler="threads"):
+        W_blocks, H = nmf_init.nndsvd_init(
+            Vin, 4, V.mean(), "nndsvda", 0, reader=BlockReader(Vin.zarr, Vin.dtype)
+        )
+        blocks = dask.compute(*W_blocks)
+    assert len(pieces) >= 3 * 20 and set(pieces) == {400}  # passes over V, 2 chunks each
+    assert [w.shape[0] for w in blocks] == [1000] * 8
+    W_ref, H_ref = nmf_init.nndsvd_init(open_input(V, 1000), 4, V.mean(), "nndsvda", 0)
+    np.testing.assert_allclose(H, H_ref, rtol=1e-6)
+    np.testing.assert_allclose(np.vstack(blocks), materialize(W_ref), rtol=1e-6, atol=1e-9)
+
+
 def test_nndsvd_passes_run_on_the_given_cluster(zarr_V_16mb, cluster_client, monkeypatch):
     """The client passed in need not be dask's default scheduler: the SVD's
     passes over V still run on its workers, and none in this process."""

@@ -284,7 +284,7 @@ BLOCKS = [(0, 20), (0, 60), (30, 95), (140, 157), (150, 157), (3, 9)]  # aligned
 
 @pytest.mark.parametrize("layout", DIRECT)
 def test_direct_decoding_equals_the_store(tmp_path, V_small, layout, monkeypatch):
-    from dask_nmf.io import BlockReader, read_rows_into
+    from dask_nmf.io import BlockReader, read_rows, read_rows_into
 
     zarr_format, comp, kind = DIRECT[layout]
     z = store(tmp_path / "V.zarr", V_small, zarr_format, comp)
@@ -298,6 +298,7 @@ def test_direct_decoding_equals_the_store(tmp_path, V_small, layout, monkeypatch
     monkeypatch.setattr(zarr.Array, "get_basic_selection", not_zarr)
     for a, b in BLOCKS:
         np.testing.assert_array_equal(read_rows_into(reader, a, b), V_small[a:b])
+        np.testing.assert_array_equal(read_rows(reader, a, b), V_small[a:b])  # a new array
 
 
 @pytest.mark.parametrize(
@@ -310,13 +311,14 @@ def test_direct_decoding_equals_the_store(tmp_path, V_small, layout, monkeypatch
     ],
 )
 def test_other_layouts_are_read_by_zarr(tmp_path, V_small, zarr_format, comp, kw):
-    from dask_nmf.io import BlockReader, read_rows_into
+    from dask_nmf.io import BlockReader, read_rows, read_rows_into
 
     z = store(tmp_path / "V.zarr", V_small, zarr_format, comp, **kw)
     reader = BlockReader(z, "float64")
     assert reader.direct is None
     for a, b in BLOCKS:
         np.testing.assert_array_equal(read_rows_into(reader, a, b), V_small[a:b])
+        np.testing.assert_array_equal(read_rows(reader, a, b), V_small[a:b])
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
