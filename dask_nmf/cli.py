@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -101,6 +103,46 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class _Interrupts:
+    """Ctrl-C during a fit, delivered until the fit has taken it.
+
+    Python drops a ``KeyboardInterrupt`` raised inside a finalizer, printing
+    "Exception ignored in ..."; a dask ``Future``'s ``__del__`` runs in the main
+    thread many times per pass, so now and then Ctrl-C landed there and the fit
+    went on -- or waited forever on a worker that the same Ctrl-C had stopped
+    (a terminal sends it to the worker processes of the embedded cluster too).
+    After a Ctrl-C the signal is sent again every half second until the fit
+    has been interrupted.
+    """
+
+    def __init__(self) -> None:
+        self.taken = threading.Event()
+        self.repeating = False
+
+    def __enter__(self) -> _Interrupts:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():  # (signals go there only)
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.taken.set()
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.taken.is_set():
+            return
+        if not self.repeating:
+            self.repeating = True
+            threading.Thread(target=self._repeat, name="dask-nmf-ctrl-c", daemon=True).start()
+        raise KeyboardInterrupt
+
+    def _repeat(self) -> None:
+        while not self.taken.wait(0.5):
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def _fail_on_input_errors(fn, *args, **kwargs):
@@ -246,36 +288,39 @@ def fit(
     with _cluster(scheduler, n_workers, threads_per_worker, memory_limit, quiet) as client:
         progress = _Progress(max_iter, start, quiet)
         t0 = time.perf_counter()
+        interrupts = _Interrupts()
         try:
-            res = _fail_on_input_errors(
-                driver.factorize,
-                input_,
-                k,
-                beta_loss=beta_loss,
-                init=init,
-                max_iter=max_iter,
-                tol=tol,
-                random_state=seed,
-                alpha_W=alpha_w,
-                alpha_H=alpha_h,
-                l1_ratio=l1_ratio,
-                block_rows=block_rows,
-                client=client,
-                callback=progress,
-                checkpoint=output,
-                checkpoint_every=checkpoint_every,
-                loss_every=loss_every,
-                resume=resume,
-                overwrite=overwrite,
-                array=array_name,
-                dtype=dtype,
-                keep_in_memory=keep_in_memory,
-                **xr_opts,
-                on_checkpoint=lambda it, path: progress.log(
-                    f"checkpoint: iteration {it} -> {path}"
-                ),
-            )
+            with interrupts:
+                res = _fail_on_input_errors(
+                    driver.factorize,
+                    input_,
+                    k,
+                    beta_loss=beta_loss,
+                    init=init,
+                    max_iter=max_iter,
+                    tol=tol,
+                    random_state=seed,
+                    alpha_W=alpha_w,
+                    alpha_H=alpha_h,
+                    l1_ratio=l1_ratio,
+                    block_rows=block_rows,
+                    client=client,
+                    callback=progress,
+                    checkpoint=output,
+                    checkpoint_every=checkpoint_every,
+                    loss_every=loss_every,
+                    resume=resume,
+                    overwrite=overwrite,
+                    array=array_name,
+                    dtype=dtype,
+                    keep_in_memory=keep_in_memory,
+                    **xr_opts,
+                    on_checkpoint=lambda it, path: progress.log(
+                        f"checkpoint: iteration {it} -> {path}"
+                    ),
+                )
         except KeyboardInterrupt:
+            interrupts.__exit__()  # (already done, unless Ctrl-C came again inside it)
             progress.close()
             click.echo(
                 f"\ninterrupted; {output} holds the last checkpoint: continue with --resume",

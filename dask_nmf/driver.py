@@ -35,6 +35,7 @@ import dask
 import dask.array as da
 import numpy as np
 import scipy.sparse as sp
+import zarr
 from dask.delayed import Delayed
 from dask.utils import parse_bytes
 
@@ -56,8 +57,10 @@ from .persistence import NMFResult
 #: Accepted spellings of the two costs, mapped to the beta of the beta-divergence.
 BETA_LOSSES = {"frobenius": 2, "kullback-leibler": 1, 2: 2, 1: 1}
 BETA_NAMES = {2: "frobenius", 1: "kullback-leibler"}
-#: On a cluster, a row block is at most this fraction of a worker thread's memory limit.
+#: On a cluster, a row block is at most this fraction of a worker thread's memory limit ...
 BLOCK_MEMORY_FRACTION = 1 / 8
+#: ... or this one when V is not a dense zarr store (see :meth:`Runner.block_size_limit`).
+WHOLE_BLOCK_MEMORY_FRACTION = 1 / 16
 #: Fan-in of the reduction tree over the blocks' partial sums.
 SPLIT_EVERY = 8
 
@@ -254,8 +257,7 @@ class Runner:
         """Drop the fused reads' block buffers, here and on every worker."""
         release_read_buffers()
         if self.distributed:
-            with contextlib.suppress(Exception):  # workers may have gone
-                self.client.run(release_read_buffers)
+            workers.run_briefly(self.client, release_read_buffers)
 
     def block_owners(self, n_blocks: int) -> list[str] | None:
         """A worker for each of ``n_blocks`` blocks, spread in proportion to threads."""
@@ -272,19 +274,21 @@ class Runner:
         """The scheduler's description of each worker, by address (a cluster only)."""
         return self.client.scheduler_info(n_workers=-1)["workers"]
 
-    def block_size_limit(self):
+    def block_size_limit(self, fraction: float = BLOCK_MEMORY_FRACTION):
         """A context capping dask's ``array.chunk-size`` (the default block size) by memory.
 
         Reading V out of core, a worker thread holds little more than the block
         it reads and updates (decoded in place, one stored chunk's bytes at a
-        time), and the NNDSVD initializations' randomized SVD reads V in pieces
-        of at most half a block, of which it holds about six per thread at its
-        peak.  Blocks get at most 1/8 of a worker's memory limit per thread:
-        fewer, larger blocks mean fewer tasks per iteration (with 1/16,
-        iterations out of core took ~10 % longer on 2 x 320 MiB workers), and
-        workers stay below dask's 60 % memory target (the hyperspectral
-        example: 593 MiB of a 1 GiB worker at its peak; 799 MiB when the SVD
-        read whole blocks of this size).
+        time), and the NNDSVD initializations' randomized SVD reads a dense
+        zarr V in pieces of at most half a block, of which it holds about six
+        per thread at its peak.  Blocks of such a V get at most ``fraction``
+        (1/8) of a worker's memory limit per thread: fewer, larger blocks mean
+        fewer tasks per iteration (with 1/16, iterations out of core took ~10 %
+        longer on 2 x 320 MiB workers), and workers stay below dask's 60 %
+        memory target (the hyperspectral example: 593 MiB of a 1 GiB worker at
+        its peak; 799 MiB when the SVD read whole blocks of this size).  Any
+        other lazy V (a dask array, xarray, a sparse store) is read by the SVD
+        in whole blocks, which get 1/16.
         """
         if not self.distributed:
             return contextlib.nullcontext()
@@ -294,7 +298,7 @@ class Runner:
             if w.get("memory_limit")
         ]
         current = parse_bytes(dask.config.get("array.chunk-size"))
-        cap = min(per_thread, default=0) * BLOCK_MEMORY_FRACTION
+        cap = min(per_thread, default=0) * fraction
         if not per_thread or cap >= current:
             return contextlib.nullcontext()
         return dask.config.set({"array.chunk-size": max(1, int(cap))})
@@ -640,8 +644,9 @@ def factorize(
     block_rows : int, optional
         Rows of V per block (and per W block).  Default: from dask's
         ``array.chunk-size`` (on a cluster at most 1/8 of a worker thread's
-        memory limit), at least two blocks per worker thread and a multiple of
-        their number, whole store row chunks where the cap allows.
+        memory limit for a dense zarr store, 1/16 for other lazy inputs), at
+        least two blocks per worker thread, sized for an even share between
+        the threads, in whole store row chunks where there are enough.
     client : distributed.Client, optional
         Where to run; default: the current default client if there is one,
         else dask's local threaded scheduler.  No cluster is started here.
@@ -711,18 +716,22 @@ def factorize(
         # Continue with the checkpoint's row blocks (W is stored in them).
         with contextlib.suppress(FileNotFoundError, ValueError):
             block_rows = persistence.read_meta(checkpoint, storage_options)["params"]["block_rows"]
+    opening = dict(
+        array=array,
+        dtype=dtype,
+        storage_options=storage_options,
+        parallelism=runner.parallelism,
+        variable=variable,
+        sample_dims=sample_dims,
+        feature_dims=feature_dims,
+    )
     with runner.block_size_limit():
-        Vin = open_input(
-            V,
-            block_rows,
-            array=array,
-            dtype=dtype,
-            storage_options=storage_options,
-            parallelism=runner.parallelism,
-            variable=variable,
-            sample_dims=sample_dims,
-            feature_dims=feature_dims,
-        )
+        Vin = open_input(V, block_rows, **opening)
+    if block_rows is None and Vin.array is not None and not isinstance(Vin.zarr, zarr.Array):
+        # Only a dense zarr store is read by the NNDSVD's SVD in half blocks; from
+        # any other lazy source it holds whole blocks (about six per thread).
+        with runner.block_size_limit(WHOLE_BLOCK_MEMORY_FRACTION):
+            Vin = open_input(V, None, **opening)
     m, n = Vin.shape
     k = int(n_components)
     init = resolve_init(init, k, Vin.shape)

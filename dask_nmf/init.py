@@ -113,26 +113,29 @@ def _nndsvd_w_block(
 def _svd_input(V: InputMatrix, reader: BlockReader | None) -> da.Array:
     """V as the randomized SVD reads it.
 
-    Re-read from a dense zarr store, V comes in pieces of whole stored chunks of
-    at most half a block, each decoded inside the task that uses it: dask's
-    ``svd_compressed`` holds several pieces per worker thread at its peak (about
-    six), which with whole blocks set the limit on the block size (the
-    hyperspectral example: 689 MiB of a 1 GiB worker with 61 MiB blocks).
+    Re-read from a dense zarr store, V comes in pieces of at most half a block,
+    each decoded inside the task that uses it: dask's ``svd_compressed`` holds
+    several pieces per worker thread at its peak (about six), which with whole
+    blocks set the limit on the block size (the hyperspectral example: 799 MiB
+    of a 1 GiB worker with 92 MiB blocks, 593 MiB in pieces).  Pieces are whole
+    stored chunks where a block holds two or more; otherwise they split chunks,
+    which are then decoded twice, in these few passes only.
     """
     import zarr
 
     if reader is None or not isinstance(reader.array, zarr.Array):
         return as_dask_array(V)
-    chunk = reader.array.chunks[0]
-    piece = max(chunk, (V.block_rows // 2) // chunk * chunk)
-    if piece >= V.block_rows:
-        return as_dask_array(V)
+    chunk, half = reader.array.chunks[0], max(1, V.block_rows // 2)
+    piece = half // chunk * chunk or half
     m, n = V.shape
-    meta = np.empty((0, n), dtype=V.dtype)
+    meta = np.empty((0, n), dtype=reader.dtype)
     return da.concatenate(
         [
             da.from_delayed(
-                dask.delayed(read_rows, pure=True)(reader, a, b), (b - a, n), V.dtype, meta=meta
+                dask.delayed(read_rows, pure=True)(reader, a, b),
+                (b - a, n),
+                reader.dtype,
+                meta=meta,
             )
             for a, b in row_bounds(m, piece)
         ]

@@ -98,33 +98,44 @@ def default_block_rows(
     parallelism: int = 1,
     row_bytes: int | None = None,
 ) -> int:
-    """Rows per block: at most dask's ``array.chunk-size``, enough blocks to keep
-    every worker thread busy (two per thread), as few as that allows, and as
-    many as the threads can share evenly (a multiple of their number, all but
-    the last of the same size).
+    """Rows per block: at most dask's ``array.chunk-size``, at least two blocks
+    per worker thread where V has the rows, and as large as an even share of
+    the work between the threads allows.
 
-    Few blocks, because every block costs the scheduler and the worker a task
-    or two each iteration; an even share, because an iteration ends when the
-    busiest thread does.  Blocks are whole multiples of the store's row chunk
-    where the memory cap allows, so no stored chunk is split between two blocks
-    (and decompressed twice).
+    Large, because every block costs the scheduler and a worker a task or two
+    each iteration; evenly shared, because an iteration ends when the busiest
+    thread does (blocks go to the threads in turn): of the block sizes from the
+    largest allowed down to half of it, the largest whose busiest thread has at
+    most 2 % more rows than the best of them.  Blocks are whole multiples of
+    the store's row chunk when there are chunks enough for two blocks per
+    thread, so no stored chunk is split between two blocks (and decompressed
+    twice).
     """
     target = parse_bytes(dask.config.get("array.chunk-size"))
     if row_bytes is None:
         row_bytes = n_cols * np.dtype(dtype).itemsize
-    cap = max(1, target // max(1, row_bytes))
-    unit = row_chunk if row_chunk and row_chunk <= cap else 1
-    units = -(-n_rows // unit)
     threads = max(1, parallelism)
-    n_blocks = max(-(-units // max(1, cap // unit)), 2 * threads)
-    n_blocks = min(units, -(-n_blocks // threads) * threads)
-    size = -(-units // n_blocks)
-    # Whole units can give another count (100 chunks in 26 blocks of 4 are 25):
-    # take smaller blocks, down to half the size, for a count the threads share.
-    for smaller in range(size, max(1, size // 2) - 1, -1):
-        if -(-units // smaller) % threads == 0:
-            size = smaller
-            break
+    cap = max(1, target // max(1, row_bytes))
+    unit = 1
+    if row_chunk and row_chunk <= cap and -(-n_rows // row_chunk) >= 2 * threads:
+        unit = row_chunk
+    units = -(-n_rows // unit)
+    largest = max(1, min(cap // unit, -(-units // (2 * threads))))
+
+    def busiest(size: int) -> int:
+        """Units of the busiest thread when blocks of ``size`` go to the threads in turn."""
+        count = -(-units // size)
+        last = units - size * (count - 1)
+        q, r = divmod(count, threads)
+        if r == 0:  # the last thread has the short last block
+            return max((q - 1) * size + last, q * size if threads > 1 else 0)
+        return max(q * size + last, (q + 1) * size if r > 1 else 0, q * size)
+
+    # One candidate per block count, from the fewest blocks to twice as many.
+    first = -(-units // largest)
+    sizes = sorted({-(-units // count) for count in range(first, min(units, 2 * first) + 1)})
+    best = min(busiest(size) for size in sizes)
+    size = max(size for size in sizes if busiest(size) <= 1.02 * best)
     return int(min(n_rows, size * unit))
 
 
@@ -651,7 +662,7 @@ def _read_chunks_into(z: zarr.Array, codec: Any, start: int, stop: int, out: np.
             codec.decode(raw, out=dest)
         if not whole:
             out[lo - start : hi - start] = dest[lo - a : hi - a]
-        del data, raw  # freed before the next chunk is read
+        del data, raw, dest  # (from a local store: freed before the next chunk is read)
 
 
 def _get_chunks(paths: list) -> Iterator:

@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import os
 import sys
+import threading
 from typing import Any
 
 import dask
@@ -37,6 +38,8 @@ _GLIBC_DEFAULT = 128 * 1024
 _KEEP_MAX = 256 * 2**20
 #: ... and at most this fraction of its memory limit when it has one.
 _KEEP_FRACTION = 1 / 16
+#: Seconds the undoing at the end of a fit waits for the workers' answers.
+_UNDO_WAIT = 5.0
 
 
 def _libc():
@@ -100,5 +103,23 @@ def tuned_for_blocks(client: Any, block_bytes: int):
         yield
     finally:
         if tuned:
-            with contextlib.suppress(Exception):  # workers may have gone: nothing to restore
-                client.run(restore_malloc_thresholds, workers=tuned)
+            run_briefly(client, restore_malloc_thresholds, workers=tuned)
+
+
+def run_briefly(client: Any, function: Any, workers: list[str] | None = None) -> None:
+    """``client.run(function)`` on the workers, waiting at most a few seconds.
+
+    For the undoing at the end of a fit, which may follow a failure or Ctrl-C
+    (a terminal's Ctrl-C reaches an embedded cluster's worker processes too):
+    a call to a worker that is gone waits for the scheduler's connect timeout
+    (30 s), which held the command's exit.  The call goes on in the
+    background; errors (workers gone) are ignored.
+    """
+
+    def call():
+        with contextlib.suppress(Exception):
+            client.run(function, workers=workers)
+
+    thread = threading.Thread(target=call, name="dask-nmf-undo", daemon=True)
+    thread.start()
+    thread.join(_UNDO_WAIT)

@@ -178,6 +178,25 @@ def test_bad_input_exits_2_with_one_line(tmp_path, store, address, args, message
     assert not (tmp_path / "o.zarr").exists()  # nothing half-written
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_dropped_by_a_finalizer_comes_again():
+    """Python drops a KeyboardInterrupt raised in a finalizer (a dask Future's
+    ``__del__``, say); during a fit the CLI sends the signal again until it lands."""
+    from dask_nmf.cli import _Interrupts
+
+    class Finalized:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt), _Interrupts():
+        Finalized()  # its __del__ takes the first KeyboardInterrupt
+        time.sleep(5)
+    assert time.perf_counter() - t0 < 2
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_ctrl_c_leaves_a_resumable_store(tmp_path):
     """A real `dask-nmf fit` process, interrupted with SIGINT, then resumed."""
     from dask_nmf.datasets import make_low_rank_store

@@ -247,22 +247,30 @@ def test_block_rows_default_follows_dask_chunk_size(V_small, threads, blocks):
 
 
 @pytest.mark.parametrize(
-    "n_rows, cap_rows, threads, expected",
+    "n_rows, chunk, cap_rows, threads, expected",
     [
-        (7000, 280, 2, 210),  # 100 chunks of 70, at most 4 per block: 25 blocks of 4 (odd) -> 34 of 3
-        (7000, 280, 1, 280),  # one thread: 25 blocks of 4 are fine
-        (7000, 7000, 4, 910),  # 8 blocks of 13 chunks (two per thread, no cap)
-        (7000, 35, 2, 35),  # the cap is below one chunk: blocks split chunks (200 of 35 rows)
+        # 100 chunks of 70, at most 4 per block: 25 blocks of 4 leave one thread
+        # 13 of them; 34 blocks of 3 share out evenly.
+        (7000, 70, 280, 2, 210),
+        (7000, 70, 280, 1, 280),  # one thread: 25 blocks of 4 are fine
+        (7000, 70, 7000, 4, 910),  # 8 blocks of 13 chunks (two per thread, no cap)
+        (7000, 70, 35, 2, 35),  # the cap is below one chunk: blocks split chunks
+        (7000, 7000, 10**6, 4, 875),  # one chunk: split for two blocks per thread
+        (9000, 1000, 10**6, 4, 2000),  # 9 chunks, 4 threads: 5 blocks, 3000 rows at most each
     ],
 )
-def test_default_block_rows_shares_blocks_evenly(n_rows, cap_rows, threads, expected):
+def test_default_block_rows_shares_blocks_evenly(n_rows, chunk, cap_rows, threads, expected):
     from dask_nmf.io import default_block_rows, row_bounds
 
     with dask.config.set({"array.chunk-size": f"{cap_rows * 80}B"}):
-        rows = default_block_rows(n_rows, 10, np.float64, row_chunk=70, parallelism=threads)
+        rows = default_block_rows(n_rows, 10, np.float64, row_chunk=chunk, parallelism=threads)
     assert rows == expected
     assert rows <= cap_rows
-    assert len(row_bounds(n_rows, rows)) % threads == 0
+    bounds = row_bounds(n_rows, rows)  # dealt to the threads in turn
+    busiest = max(sum(b - a for a, b in bounds[j::threads]) for j in range(threads))
+    assert busiest <= -(-n_rows // threads) + min(
+        chunk, rows
+    )  # an even share, give or take a chunk
 
 
 def test_block_rows_default_gives_every_thread_two_blocks(V_small):

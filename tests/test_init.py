@@ -164,14 +164,26 @@ def test_nndsvd_reads_V_pass_by_pass_without_holding_it(zarr_V_16mb):
     assert rel < rel_ref * 1.05
 
 
-def test_nndsvd_reads_a_re_read_store_in_pieces(zarr_V_16mb, monkeypatch):
+@pytest.mark.parametrize(
+    "chunk_rows, piece",
+    [(200, 400), (1000, 500)],  # whole chunks (2 of 200), or half of a one-chunk block
+)
+def test_nndsvd_reads_a_re_read_store_in_pieces(
+    zarr_V_16mb, tmp_path, monkeypatch, chunk_rows, piece
+):
     """With V re-read from its store every pass, the randomized SVD reads it in
-    pieces of whole stored chunks of at most half a block (dask holds several
-    per worker thread at its peak), and W still comes in V's blocks."""
+    pieces of at most half a block (dask holds several per worker thread at its
+    peak), whole stored chunks where a block has two or more; W still comes in
+    V's blocks."""
+    import zarr
+
     from dask_nmf.io import BlockReader
 
     path, V = zarr_V_16mb
-    Vin = open_input(path, 1000)  # blocks of five 200-row chunks
+    if chunk_rows != 200:
+        path = str(tmp_path / "V1000.zarr")
+        zarr.create_array(path, shape=V.shape, chunks=(chunk_rows, 250), dtype="f8")[...] = V
+    Vin = open_input(path, 1000)
     pieces = []
     read_rows = nmf_init.read_rows
 
@@ -185,7 +197,7 @@ def test_nndsvd_reads_a_re_read_store_in_pieces(zarr_V_16mb, monkeypatch):
             Vin, 4, V.mean(), "nndsvda", 0, reader=BlockReader(Vin.zarr, Vin.dtype)
         )
         blocks = dask.compute(*W_blocks)
-    assert len(pieces) >= 3 * 20 and set(pieces) == {400}  # passes over V, 2 chunks each
+    assert len(pieces) >= 3 * 8000 // piece and set(pieces) == {piece}  # passes over V
     assert [w.shape[0] for w in blocks] == [1000] * 8
     W_ref, H_ref = nmf_init.nndsvd_init(open_input(V, 1000), 4, V.mean(), "nndsvda", 0)
     np.testing.assert_allclose(H, H_ref, rtol=1e-6)

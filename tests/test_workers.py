@@ -69,3 +69,30 @@ def test_tuning_can_be_turned_off(cluster_client):
         with workers.tuned_for_blocks(cluster_client, block_bytes=2**23):
             untouched = faults(cluster_client)
     assert min(untouched) > max(default) / 2
+
+
+def test_undoing_does_not_wait_on_a_worker_that_is_gone(cluster_client):
+    """The undoing at the end of a fit follows Ctrl-C too, which stops an embedded
+    cluster's workers: a call to a worker that is gone waits 30 s for a connection."""
+    import os
+    import time
+
+    t0 = time.perf_counter()
+    workers.run_briefly(cluster_client, os.getpid, workers=["tcp://127.0.0.1:9"])  # no one there
+    assert time.perf_counter() - t0 < workers._UNDO_WAIT + 2
+    # ... and does its work on live workers before returning.
+    cluster_client.run(_mark)
+    workers.run_briefly(cluster_client, _unmark)
+    assert not any(cluster_client.run(_marked).values())
+
+
+def _mark():
+    sys.modules[__name__].MARK = True
+
+
+def _unmark():
+    sys.modules[__name__].MARK = False
+
+
+def _marked():
+    return getattr(sys.modules[__name__], "MARK", False)
