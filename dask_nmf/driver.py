@@ -727,7 +727,8 @@ def factorize(
     )
     with runner.block_size_limit():
         Vin = open_input(V, block_rows, **opening)
-    if block_rows is None and Vin.array is not None and not isinstance(Vin.zarr, zarr.Array):
+    whole_blocks = Vin.array is not None and not isinstance(Vin.zarr, zarr.Array)
+    if block_rows is None and runner.distributed and whole_blocks:
         # Only a dense zarr store is read by the NNDSVD's SVD in half blocks; from
         # any other lazy source it holds whole blocks (about six per thread).
         with runner.block_size_limit(WHOLE_BLOCK_MEMORY_FRACTION):
