@@ -298,9 +298,9 @@ class Runner:
             if w.get("memory_limit")
         ]
         current = parse_bytes(dask.config.get("array.chunk-size"))
-        cap = min(per_thread, default=0) * fraction
-        if not per_thread or cap >= current:
+        if not per_thread or min(per_thread) * fraction >= current:
             return contextlib.nullcontext()
+        cap = min(per_thread) * fraction
         return dask.config.set({"array.chunk-size": max(1, int(cap))})
 
     def memory_budget(self) -> float:

@@ -9,6 +9,7 @@ The formulas and scalings follow scikit-learn's ``_initialize_nmf``.
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from typing import Any
 
 import dask
@@ -23,6 +24,7 @@ from .io import (
     check_factor,
     read_rows,
     row_bounds,
+    rows_array,
 )
 
 INITS = ("random", "nndsvd", "nndsvda", "nndsvdar", "custom")
@@ -129,17 +131,7 @@ def _svd_input(V: InputMatrix, reader: BlockReader | None) -> da.Array:
     piece = half // chunk * chunk or half
     m, n = V.shape
     meta = np.empty((0, n), dtype=reader.dtype)
-    return da.concatenate(
-        [
-            da.from_delayed(
-                dask.delayed(read_rows, pure=True)(reader, a, b),
-                (b - a, n),
-                reader.dtype,
-                meta=meta,
-            )
-            for a, b in row_bounds(m, piece)
-        ]
-    )
+    return rows_array(partial(read_rows, reader), row_bounds(m, piece), n, reader.dtype, meta)
 
 
 def nndsvd_init(

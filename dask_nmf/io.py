@@ -139,6 +139,16 @@ def default_block_rows(
     return int(min(n_rows, size * unit))
 
 
+def rows_array(read: Any, bounds: list, n_cols: int, dtype: Any, meta: Any) -> da.Array:
+    """A dask array of V's rows, one task ``read(start, stop)`` per ``(start, stop)``."""
+    return da.concatenate(
+        [
+            da.from_delayed(dask.delayed(read, pure=True)(a, b), (b - a, n_cols), dtype, meta=meta)
+            for a, b in bounds
+        ]
+    )
+
+
 def row_bounds(n_rows: int, block_rows: int) -> list[tuple[int, int]]:
     """``(start, stop)`` of consecutive row blocks of ``block_rows`` rows."""
     return [(s, min(s + block_rows, n_rows)) for s in range(0, n_rows, block_rows)]
@@ -349,15 +359,7 @@ def open_input(
         return InputMatrix((m, n), compute_dtype, bounds, local=arr, **common)
     if isinstance(V, ZarrCSR):
         common["zarr"] = V
-        meta = sp.csr_matrix((0, 0), dtype=V.dtype)
-        arr = da.concatenate(
-            [
-                da.from_delayed(
-                    dask.delayed(V.read_rows, pure=True)(a, b), (b - a, n), V.dtype, meta=meta
-                )
-                for a, b in bounds
-            ]
-        )
+        arr = rows_array(V.read_rows, bounds, n, V.dtype, sp.csr_matrix((0, 0), dtype=V.dtype))
     elif isinstance(V, zarr.Array):
         # Reads each row block straight from the store, whatever its chunking.
         arr = da.from_zarr(V, chunks=chunks)
@@ -515,12 +517,7 @@ def read_rows(reader: BlockReader, start: int, stop: int) -> np.ndarray:
     """Rows ``start:stop`` of a dense zarr ``reader``, as a new array (a task's
     result that dask may hold), decoded in place where the layout allows."""
     z = reader.array
-    if reader.direct is not None:
-        out = np.empty((stop - start, z.shape[1]), dtype=z.dtype)
-        _read_chunks_into(z, reader.direct, start, stop, out)
-    else:
-        out = z[start:stop]
-    return out if out.dtype == reader.dtype else out.astype(reader.dtype)
+    return _read_dense_into(reader, start, stop, np.empty((stop - start, z.shape[1]), z.dtype))
 
 
 def read_rows_into(reader: BlockReader, start: int, stop: int) -> np.ndarray:
@@ -533,8 +530,6 @@ def read_rows_into(reader: BlockReader, start: int, stop: int) -> np.ndarray:
     memory for every block (see :mod:`dask_nmf.workers`).  Chunks of the common
     layouts are decompressed straight into it (:func:`_direct_decoder`).
     """
-    from zarr.core.buffer import default_buffer_prototype
-
     z = reader.array
     if isinstance(z, ZarrCSR):  # a fresh CSR block (its size follows the non-zeros)
         X = z.read_rows(start, stop)
@@ -545,7 +540,15 @@ def read_rows_into(reader: BlockReader, start: int, stop: int) -> np.ndarray:
         buf = _BUFFERS.get(tid)
         if buf is None or buf.shape[0] < rows or buf.shape[1] != n or buf.dtype != z.dtype:
             buf = _BUFFERS[tid] = np.empty((rows, n), dtype=z.dtype)
-    out = buf[:rows]
+    return _read_dense_into(reader, start, stop, buf[:rows])
+
+
+def _read_dense_into(reader: BlockReader, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+    """Rows ``start:stop`` of a dense zarr ``reader`` into ``out`` (of the store's
+    dtype); returns them in the reader's dtype."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    z = reader.array
     if reader.direct is not None:
         _read_chunks_into(z, reader.direct, start, stop, out)
     else:
