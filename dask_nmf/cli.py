@@ -255,8 +255,14 @@ def fit(
     keep_in_memory,
     quiet,
 ) -> None:
-    """Factorize INPUT (a zarr store or URL) into W and H, written to OUTPUT."""
-    from . import driver, persistence
+    """Factorize INPUT (a zarr store or URL) into W and H, written to OUTPUT.
+
+    OUTPUT must be absent or a dask_nmf result: --overwrite replaces only a
+    dask_nmf result (never other files, never INPUT), and --resume on a
+    finished run reports it instead of running it again, unless --max-iter
+    asks for more iterations than it ran.
+    """
+    from . import driver, outputs
 
     xr_opts = {
         "variable": variable,
@@ -271,19 +277,38 @@ def fit(
             raise Abort(f"--alpha-h must be 'same' or a number; got {alpha_h!r}") from None
     if resume and overwrite:
         raise Abort("--resume and --overwrite contradict each other")
-    exists = persistence.store_exists(output)
-    if exists and not (resume or overwrite):
-        raise Abort(f"{output} already exists; use --resume to continue it or --overwrite")
-    if resume and not exists:
-        raise Abort(f"cannot resume: {output} does not exist")
-    # Cheap checks of the store (exists, is an array) before any cluster starts.
+    # Cheap checks of the store (exists, is an array) and of OUTPUT (absent or
+    # ours, not V) before any cluster starts.
     _fail_on_input_errors(
         driver.input_matrix, input_, block_rows, array=array_name, dtype=dtype, **xr_opts
     )
+    _, meta = _fail_on_input_errors(
+        outputs.check_output,
+        output,
+        overwrite=overwrite,
+        resume=resume,
+        inputs=outputs.input_locations(input_),
+    )
     start = 0
     if resume:
-        with contextlib.suppress(Exception):
-            start = int(persistence.read_meta(output)["state"]["iteration"])
+        state = meta.get("state") or {}
+        start = int(state.get("iteration", 0))
+        if state.get("finished"):
+            ran, converged = int(state["n_iter"]), bool(state.get("converged"))
+            if converged or max_iter <= ran:
+                why = "converged" if converged else "stopped at --max-iter"
+                click.echo(
+                    f"{output} holds a finished run ({ran} iterations, {why}); nothing to do"
+                    + ("" if converged else f" (pass --max-iter above {ran} to run more)"),
+                    err=True,
+                )
+                return
+            if not quiet:
+                click.echo(
+                    f"{output} holds a run finished at iteration {ran}; "
+                    f"continuing it up to --max-iter {max_iter}",
+                    err=True,
+                )
 
     with _cluster(scheduler, n_workers, threads_per_worker, memory_limit, quiet) as client:
         progress = _Progress(max_iter, start, quiet)
@@ -359,13 +384,18 @@ def transform(
     memory_limit,
     quiet,
 ) -> None:
-    """W for the rows of INPUT with H fixed from MODEL, written to OUTPUT."""
+    """W for the rows of INPUT with H fixed from MODEL, written to OUTPUT.
+
+    OUTPUT must be absent or a dask_nmf store (--overwrite replaces only that).
+    """
     import zarr
 
-    from . import driver, persistence
+    from . import driver, outputs, persistence
 
-    if persistence.store_exists(output) and not overwrite:
-        raise Abort(f"{output} already exists; use --overwrite to replace it")
+    inputs = _fail_on_input_errors(
+        lambda: [*outputs.input_locations(input_), outputs.locate(model)]
+    )
+    _fail_on_input_errors(outputs.check_output, output, overwrite=overwrite, inputs=inputs)
     _fail_on_input_errors(driver.input_matrix, input_, block_rows, array=array_name)
     meta = _fail_on_input_errors(persistence.read_meta, model)
     _, H, _ = _fail_on_input_errors(persistence.read_state, model)
@@ -384,16 +414,23 @@ def transform(
             client=client,
             array=array_name,
         )
-        if overwrite:
-            persistence.remove_store(output)
-        target = zarr.create_array(
-            output, shape=W.shape, chunks=(W.chunks[0][0], W.shape[1]), dtype=W.dtype
+        claim = _fail_on_input_errors(
+            outputs.claim_output, output, overwrite=overwrite, inputs=inputs
         )
-        client.compute(W.store(target, lock=False, compute=False), sync=True)
-        # Marker last: a W.zarr without it is incomplete.
-        target.attrs.update(
-            {"dask_nmf": {"transform_of": str(input_), "model": str(model), "complete": True}}
-        )
+        with claim:
+            claim.clear()
+            # The marker goes in with the array's metadata (it is ours from its
+            # first byte); "complete" is switched on last.
+            mark = {"transform_of": str(input_), "model": str(model), "complete": False}
+            target = zarr.create_array(
+                output,
+                shape=W.shape,
+                chunks=(W.chunks[0][0], W.shape[1]),
+                dtype=W.dtype,
+                attributes={"dask_nmf": mark},
+            )
+            client.compute(W.store(target, lock=False, compute=False), sync=True)
+            target.attrs.update({"dask_nmf": dict(mark, complete=True)})
     if not quiet:
         click.echo(f"W {W.shape} written to {output}")
 
@@ -454,11 +491,23 @@ def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
         os.makedirs(output_dir, exist_ok=True)
         data = os.path.join(output_dir, "V.zarr")
         out = os.path.join(output_dir, "result.zarr")
-        click.echo(f"writing a {rows} x {cols} matrix of rank {k} (+ noise) to {data}")
-        make_low_rank_store(data, rows, cols, k, overwrite=True)
+        # An existing DIR/V.zarr is reused if this demo wrote it with these sizes;
+        # anything else there is the user's and is left alone.
+        recipe = {"rows": rows, "cols": cols, "k": k, "seed": 0}
+        if os.path.lexists(data):
+            if _demo_recipe(data) != recipe:
+                raise Abort(
+                    f"{data} exists and is not this demo's {rows} x {cols} matrix; "
+                    "choose another --output-dir"
+                )
+            click.echo(f"reusing the {rows} x {cols} matrix of rank {k} (+ noise) in {data}")
+        else:
+            click.echo(f"writing a {rows} x {cols} matrix of rank {k} (+ noise) to {data}")
+            make_low_rank_store(data, rows, cols, k, attributes={"dask_nmf_demo": recipe})
         with _cluster(None, 2, 1, "auto", quiet) as client:
             progress = _Progress(max_iter, 0, quiet)
-            res = driver.factorize(
+            res = _fail_on_input_errors(
+                driver.factorize,
                 data,
                 k,
                 max_iter=max_iter,
@@ -466,7 +515,7 @@ def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
                 client=client,
                 callback=progress,
                 checkpoint=out,
-                overwrite=True,
+                overwrite=True,  # (only ever a dask_nmf result: see dask_nmf.outputs)
             )
             progress.close()
         losses = np.asarray(res.loss_history)
@@ -479,6 +528,16 @@ def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
             f"{res.reconstruction_err / math.sqrt(2 * _norm2(data) / 2):.4f}; "
             + (f"result in {out}" if keep else "result discarded (pass -o DIR to keep it)")
         )
+
+
+def _demo_recipe(path: str) -> dict | None:
+    """The sizes a demo matrix at ``path`` was written with (None: not the demo's)."""
+    import zarr
+
+    try:
+        return dict(zarr.open_array(path, mode="r").attrs.get("dask_nmf_demo", {})) or None
+    except Exception:  # not a zarr array at all: not the demo's
+        return None
 
 
 def _split(dims: str | None) -> tuple[str, ...] | None:

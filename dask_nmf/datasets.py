@@ -32,6 +32,7 @@ def make_low_rank_store(
     chunk_rows: int = 2_000,
     dtype: Any = "float64",
     overwrite: bool = False,
+    attributes: dict | None = None,
 ) -> zarr.Array:
     """Write ``V = W0 H0 + noise`` (uniform non-negative factors) to a zarr array.
 
@@ -51,6 +52,7 @@ def make_low_rank_store(
         dtype=dtype,
         compressors=fast_compressors(),
         overwrite=overwrite,
+        attributes=attributes,
     )
     for start in range(0, m, chunk_rows):
         rows = min(chunk_rows, m - start)

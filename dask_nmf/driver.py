@@ -23,6 +23,7 @@ import contextlib
 import math
 import operator
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -39,7 +40,7 @@ import zarr
 from dask.delayed import Delayed
 from dask.utils import parse_bytes
 
-from . import kernels, persistence, workers
+from . import kernels, outputs, persistence, workers
 from .init import custom_init, nndsvd_init, random_init, resolve_init
 from .io import (
     BlockReader,
@@ -770,18 +771,23 @@ def factorize(
         "checkpoint_every": int(checkpoint_every),
     }
 
-    resume_meta = None
+    # Cheap refusals of the output before V is read (taken for writing below).
+    resume_meta, V_places = None, outputs.input_locations(V, storage_options)
+    output_rules = dict(
+        overwrite=overwrite,
+        resume=resume,
+        inputs=V_places,
+        storage_options=storage_options,
+        what="checkpoint",
+    )
     if checkpoint is not None:
-        exists = persistence.store_exists(checkpoint, storage_options)
+        _, resume_meta = outputs.check_output(checkpoint, **output_rules)
         if resume:
-            if not exists:
-                raise InputError(f"cannot resume: no checkpoint at {checkpoint!r}")
-            resume_meta = persistence.read_meta(checkpoint, storage_options)
-            _check_resumable(resume_meta, params, Vin)
-        elif exists and not overwrite:
-            raise InputError(
-                f"{checkpoint!r} already exists; pass resume=True to continue it or overwrite=True"
-            )
+            _check_resumable(resume_meta, params, Vin, V_places)
+            if _nothing_to_resume(resume_meta, max_iter, checkpoint):
+                return persistence.load(checkpoint, storage_options)
+        else:
+            resume_meta = None
 
     # Keep V's decoded blocks in memory when they fit: every pass after the first
     # is then a memory-bound one.
@@ -798,6 +804,10 @@ def factorize(
     try:
         stats = input_stats(runner, sources, reader, Vin.bounds)  # validation and statistics
         check_stats(stats)
+        fingerprint = _fingerprint(stats, V_places)
+        if resume_meta is not None:
+            _check_fingerprint(resume_meta, fingerprint)
+            _note_continuing(resume_meta, max_iter, checkpoint)
     except BaseException:
         runner.release_read_buffers()  # (on success, released when the fit ends)
         raise
@@ -816,11 +826,30 @@ def factorize(
                 "the workers cannot see this machine's temporary directory; pass "
                 "checkpoint= a location all workers can reach (shared disk or object store)"
             )
-    meta = {"params": params, "input": Vin.source, "beta_loss": BETA_NAMES[beta]}
+    meta = {
+        "params": params,
+        "input": dict(Vin.source, fingerprint=fingerprint),
+        "beta_loss": BETA_NAMES[beta],
+    }
+    # The output is ours from here to the end of the fit: nobody else's run may
+    # write there (the lock), and it is checked again under the lock.
+    claim = None
+    if checkpoint is not None:
+        try:
+            claim = outputs.claim_output(checkpoint, **output_rules)
+        except BaseException:
+            runner.release_read_buffers()
+            if temp_store is not None:
+                shutil.rmtree(temp_store, ignore_errors=True)
+            raise
+        if resume:
+            resume_meta = claim.marker
 
     # What the fit changes for its duration (BLAS threads, the workers' malloc),
     # undone in the ``finally`` below.
     settings = contextlib.ExitStack()
+    if claim is not None:
+        settings.callback(claim.release)  # (last of all)
     settings.enter_context(runner.blas_limits())
     try:
         settings.enter_context(
@@ -834,6 +863,8 @@ def factorize(
             W_src, H = custom or _initialize(init, Vin, k, stats, random_state, runner, reader)
             W_h, losses, t = runner.place(W_src), [], 0
             if store is not None:
+                if claim is not None:
+                    claim.clear()  # an earlier result, replaced only now (overwrite=True)
                 persistence.create_store(
                     store,
                     Vin.shape,
@@ -841,7 +872,6 @@ def factorize(
                     Vin.dtype,
                     Vin.block_rows,
                     meta,
-                    overwrite=overwrite or store != checkpoint,
                     storage_options=storage_options,
                 )
         H = np.asarray(H, dtype=Vin.dtype)
@@ -955,7 +985,7 @@ def factorize(
     finally:
         settings.close()
         if temp_store is not None:
-            persistence.remove_store(temp_store)
+            shutil.rmtree(temp_store, ignore_errors=True)
 
     W = da.concatenate(
         [
@@ -986,7 +1016,8 @@ def _initialize(init, Vin, k, stats, random_state, runner, reader=None):
     return nndsvd_init(Vin, k, mean, init, random_state, runner, reader)
 
 
-def _check_resumable(meta: dict, params: dict, Vin: InputMatrix) -> None:
+def _check_resumable(meta: dict, params: dict, Vin: InputMatrix, V_places: list) -> None:
+    """Refuse a resume from a checkpoint made with another V or other settings."""
     if not meta.get("state"):
         raise InputError("cannot resume: the checkpoint holds no complete state yet")
     shape = meta.get("input", {}).get("shape")
@@ -1007,6 +1038,76 @@ def _check_resumable(meta: dict, params: dict, Vin: InputMatrix) -> None:
         if key in old and old[key] != params[key]:
             raise InputError(
                 f"cannot resume: the checkpoint was made with {key}={old[key]!r}, not {params[key]!r}"
+            )
+    old_dtype = meta.get("input", {}).get("dtype")
+    if old_dtype is not None and old_dtype != str(Vin.source.get("dtype", old_dtype)):
+        raise InputError(
+            f"cannot resume: the checkpoint is for V of dtype {old_dtype}, "
+            f"not {Vin.source.get('dtype')}"
+        )
+    where = meta.get("input", {}).get("fingerprint", {}).get("location")
+    here = str(V_places[0]) if V_places else None
+    if where is not None and here is not None and where != here:
+        raise InputError(
+            f"cannot resume: the checkpoint was made from V at {where!r}, not {here!r}"
+        )
+
+
+def _nothing_to_resume(meta: dict, max_iter: int, checkpoint: Any) -> bool:
+    """Whether a resumed checkpoint is a finished run that ``max_iter`` does not extend.
+
+    A finished run is reported, not continued: only a ``max_iter`` beyond the
+    iterations it ran (and a run that stopped at its ``max_iter``, not by
+    ``tol``) continues it.
+    """
+    state = meta["state"]
+    if not state.get("finished"):
+        return False
+    ran, converged = int(state["n_iter"]), bool(state.get("converged"))
+    if converged or max_iter <= ran:
+        why = "converged" if converged else f"stopped at max_iter={ran}"
+        more = "" if converged else f"; pass a max_iter above {ran} to run more iterations"
+        warnings.warn(
+            f"{checkpoint!r} holds a finished run ({ran} iterations, {why}): nothing was run, "
+            f"it is returned as it is{more}",
+            UserWarning,
+            stacklevel=3,
+        )
+        return True
+    return False
+
+
+def _note_continuing(meta: dict, max_iter: int, checkpoint: Any) -> None:
+    state = meta["state"]
+    if state.get("finished"):
+        warnings.warn(
+            f"{checkpoint!r} holds a run finished at iteration {state['n_iter']} (max_iter then); "
+            f"continuing it up to max_iter={max_iter}",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _fingerprint(stats: dict, V_places: list) -> dict:
+    """What identifies V in a checkpoint: its sum and ‖V‖², and where it is stored."""
+    return {
+        "sum": float(stats["sum"]),
+        "sumsq": float(stats["sumsq"]),
+        "location": str(V_places[0]) if V_places else None,
+    }
+
+
+def _check_fingerprint(meta: dict, fingerprint: dict) -> None:
+    old = meta.get("input", {}).get("fingerprint")
+    if not old:
+        return  # (a checkpoint written before fingerprints existed)
+    for key in ("sum", "sumsq"):
+        # The same blocks summed again: equal but for the order of a tree reduction.
+        if not math.isclose(old[key], fingerprint[key], rel_tol=1e-6, abs_tol=1e-300):
+            raise InputError(
+                f"cannot resume: V is not the data the checkpoint was made from "
+                f"(its {'sum' if key == 'sum' else 'sum of squares'} is {fingerprint[key]:.10g}, "
+                f"the checkpoint's V had {old[key]:.10g})"
             )
 
 

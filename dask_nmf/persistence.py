@@ -17,8 +17,6 @@ leaves the previous complete (W, H, iteration) readable.
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,33 +34,6 @@ def _version() -> str:
     return __version__
 
 
-def _is_local(path: Any) -> bool:
-    return isinstance(path, (str, os.PathLike)) and "://" not in os.fspath(path)
-
-
-def store_exists(path: Any, storage_options: dict | None = None) -> bool:
-    """Whether ``path`` holds a zarr node."""
-    if _is_local(path):
-        return os.path.exists(path)
-    try:
-        zarr.open(path, mode="r", storage_options=storage_options)
-        return True
-    except Exception:
-        return False
-
-
-def remove_store(path: Any, storage_options: dict | None = None) -> None:
-    """Delete a store (used for --overwrite and for temporary stores)."""
-    if _is_local(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(os.fspath(path), **(storage_options or {}))
-        if fs.exists(root):
-            fs.rm(root, recursive=True)
-
-
 def create_store(
     path: Any,
     shape: tuple[int, int],
@@ -71,14 +42,19 @@ def create_store(
     block_rows: int,
     meta: dict,
     *,
-    overwrite: bool = False,
     storage_options: dict | None = None,
 ) -> zarr.Group:
-    """Create an empty result/checkpoint group with both slots allocated."""
+    """Create an empty result/checkpoint group with both slots allocated.
+
+    Nothing is ever replaced here: the location must be free (see
+    :mod:`dask_nmf.outputs`, which decides what may be written where and
+    clears an earlier result first).  The ``dask_nmf`` marker is part of the
+    group's first metadata document, so the group is recognisably ours from
+    its first byte.
+    """
     m, n = shape
-    if not overwrite and store_exists(path, storage_options):
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    group = zarr.open_group(path, mode="w", storage_options=storage_options)
+    attrs = dict(meta, format=FORMAT, version=_version(), state=None)
+    group = zarr.create_group(path, attributes={"dask_nmf": attrs}, storage_options=storage_options)
     for slot in SLOTS:
         group.create_array(
             f"{slot}/W", shape=(m, n_components), chunks=(block_rows, n_components), dtype=dtype
@@ -86,20 +62,24 @@ def create_store(
         group.create_array(
             f"{slot}/H", shape=(n_components, n), chunks=(n_components, n), dtype=dtype
         )
-    attrs = dict(meta, format=FORMAT, version=_version(), state=None)
-    group.attrs.update({"dask_nmf": attrs})
     return group
 
 
 def read_meta(path: Any, storage_options: dict | None = None) -> dict:
     """The ``dask_nmf`` attributes of a result/checkpoint group."""
+    from .io import InputError
+
     try:
         group = zarr.open_group(path, mode="r", storage_options=storage_options)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+    except zarr.errors.BaseZarrError as exc:  # (zarr's "not found" is a FileNotFoundError too)
+        raise InputError(f"{path!r} is not a dask_nmf result or checkpoint ({exc})") from exc
+    except FileNotFoundError as exc:
         raise FileNotFoundError(f"no dask_nmf result or checkpoint at {path!r}") from exc
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path!r} is not a dask_nmf result or checkpoint ({exc})") from exc
     meta = group.attrs.get("dask_nmf")
-    if meta is None:
-        raise ValueError(f"{path!r} is a zarr group but not a dask_nmf result or checkpoint")
+    if not isinstance(meta, dict) or "params" not in meta:
+        raise InputError(f"{path!r} is a zarr group but not a dask_nmf result or checkpoint")
     return dict(meta)
 
 
@@ -149,7 +129,9 @@ def read_state(path: Any, storage_options: dict | None = None) -> tuple[da.Array
     meta = read_meta(path, storage_options)
     state = meta.get("state")
     if not state:
-        raise ValueError(
+        from .io import InputError
+
+        raise InputError(
             f"{path!r} holds no complete state yet (a run that stopped before its first checkpoint)"
         )
     group = zarr.open_group(path, mode="r", storage_options=storage_options)
@@ -181,6 +163,8 @@ class NMFResult:
         The settings of the run.
     source : dict
         Where V came from.
+    origin : str, optional
+        The store W is read from lazily (a result given by :func:`load`).
     """
 
     W: da.Array
@@ -191,6 +175,7 @@ class NMFResult:
     beta_loss: str
     params: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)
+    origin: str | None = field(default=None, repr=False)
 
     @property
     def reconstruction_err(self) -> float:
@@ -203,25 +188,42 @@ class NMFResult:
         """Write W, H and the attributes to a zarr group (see the module docstring).
 
         W is stored from the workers block by block, never gathered here.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A local path or fsspec URL: absent, or a dask_nmf result to replace.
+        overwrite : bool
+            Replace a dask_nmf result at ``path``.  Nothing else is ever
+            replaced (see :mod:`dask_nmf.outputs`); ``path`` may not be the
+            input V, nor the store this result's W is read from.
         """
+        from .outputs import claim_output, locate
+
+        inputs = [locate(p) for p in (self.source.get("path"), self.origin) if p is not None]
         W_raw, H_raw = _unlabelled(self.W), np.asarray(self.H)
         block_rows = int(W_raw.chunks[0][0])
         meta = {"params": self.params, "input": self.source, "beta_loss": self.beta_loss}
-        create_store(
-            path,
-            (W_raw.shape[0], H_raw.shape[1]),
-            H_raw.shape[0],
-            H_raw.dtype,
-            block_rows,
-            meta,
-            overwrite=overwrite,
-            storage_options=storage_options,
-        )
-        slot = SLOTS[0]
-        target = zarr.open_array(path, path=f"{slot}/W", mode="r+", storage_options=storage_options)
-        W = W_raw.rechunk((block_rows, W_raw.shape[1]))
-        da.store(W, target, lock=False)
-        commit_state(path, slot, H_raw, self._state(finished=True), storage_options)
+        with claim_output(
+            path, overwrite=overwrite, inputs=inputs, storage_options=storage_options
+        ) as claim:
+            claim.clear()
+            create_store(
+                path,
+                (W_raw.shape[0], H_raw.shape[1]),
+                H_raw.shape[0],
+                H_raw.dtype,
+                block_rows,
+                meta,
+                storage_options=storage_options,
+            )
+            slot = SLOTS[0]
+            target = zarr.open_array(
+                path, path=f"{slot}/W", mode="r+", storage_options=storage_options
+            )
+            W = W_raw.rechunk((block_rows, W_raw.shape[1]))
+            da.store(W, target, lock=False)
+            commit_state(path, slot, H_raw, self._state(finished=True), storage_options)
 
     def _state(self, finished: bool) -> dict:
         return {
@@ -262,4 +264,5 @@ def load(path: Any, storage_options: dict | None = None) -> NMFResult:
         beta_loss=meta.get("beta_loss", meta.get("params", {}).get("beta_loss", "frobenius")),
         params=dict(meta.get("params", {})),
         source=dict(meta.get("input", {})),
+        origin=str(path),
     )

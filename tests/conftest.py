@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import zarr
@@ -123,3 +128,38 @@ def counting_array(path):
     """Open the zarr array at ``path`` read-only through a :class:`CountingStore`."""
     store = CountingStore(zarr.storage.LocalStore(str(path), read_only=True))
     return zarr.open_array(store=store, mode="r"), store
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """Start moto's S3 server; yield fsspec storage options and a bucket."""
+    import s3fs
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "test", "secret": "test"}
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                fs = s3fs.S3FileSystem(**options)
+                fs.mkdir("nmf")
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield options
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -34,7 +34,7 @@ def test_result_round_trip(tmp_path, V_small):
     assert meta["input"]["kind"] == "ndarray"
     group = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")
     assert group[f"{meta['state']['slot']}/W"].chunks == (40, 3)  # row blocks of V
-    with pytest.raises(FileExistsError, match="overwrite=True"):  # never silently
+    with pytest.raises(dask_nmf.InputError, match="overwrite=True"):  # never silently
         res.to_zarr(tmp_path / "r.zarr")
     res.to_zarr(tmp_path / "r.zarr", overwrite=True)
 
