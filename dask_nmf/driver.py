@@ -897,7 +897,6 @@ def factorize(
                 )
                 for w, (a, _) in zip(W_h, Vin.bounds)
             ]
-            runner.run(writes)
             state = {
                 "iteration": t,
                 "n_iter": t,
@@ -905,7 +904,11 @@ def factorize(
                 "converged": bool(converged),
                 "finished": bool(finished),
             }
-            persistence.commit_state(store, slot, H, state, storage_options)
+            try:
+                runner.run(writes)
+                persistence.commit_state(store, slot, H, state, storage_options)
+            except OSError as exc:  # a full disk, a store gone read-only, ...
+                raise outputs.write_failed(store, t, exc, storage_options) from exc
             if store == checkpoint:
                 if verbose:
                     print(f"checkpoint: iteration {t} written to {store}")
@@ -982,6 +985,10 @@ def factorize(
         if runner.distributed:
             # The result's blocks must not depend on the temporary store.
             W_h, _ = runner.run([_delayed(w) for w in W_h])
+    except BaseException:
+        if claim is not None:
+            claim.abandon()  # a store this run created, with nothing complete in it
+        raise
     finally:
         settings.close()
         if temp_store is not None:

@@ -220,6 +220,15 @@ class Claim:
                 loc.fs.rm(loc.key(name), recursive=True)
         self.marker = None
 
+    def abandon(self) -> None:
+        """After a failed run: remove the node if this claim created it and no state is complete.
+
+        A store holding a complete state (a checkpoint to resume from) is kept.
+        """
+        marker = read_marker(self.location)
+        if self.created and marker is not None and not marker.get("state"):
+            self.clear()
+
     def release(self) -> None:
         """Remove the lock; remove the location too if this claim created it and it is empty."""
         if self.released:
@@ -339,4 +348,24 @@ def _in_use(loc: Location, holder: dict) -> InputError:
     return InputError(
         f"{loc.given!r} is in use by another dask_nmf run ({who}); if no such run is alive, "
         f"delete {loc.key(LOCK_NAME)!r} and try again"
+    )
+
+
+def write_failed(path: Any, iteration: int, exc: BaseException, storage_options=None) -> InputError:
+    """The error for a checkpoint that could not be written, saying what is intact."""
+    from .persistence import read_meta
+
+    try:
+        state = read_meta(path, storage_options).get("state")
+    except (OSError, ValueError):
+        state = None
+    if state:
+        intact = (
+            f"the last complete checkpoint (iteration {state['iteration']}) is intact: fix the "
+            "cause (free space, permissions) and continue with resume=True (--resume)"
+        )
+    else:
+        intact = "no checkpoint was complete yet: fix the cause and start the fit again"
+    return InputError(
+        f"writing iteration {iteration} to {os.fspath(path)!r} failed ({exc}); {intact}"
     )

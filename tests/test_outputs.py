@@ -406,3 +406,46 @@ def test_locations_compare_resolved_paths(tmp_path):
     assert not outputs.locate(tmp_path / "yy").contains(b)  # a prefix of the name is not a parent
     assert persistence.SLOTS == ("state0", "state1")  # what OUR_ENTRIES names
     assert set(persistence.SLOTS) <= set(outputs.OUR_ENTRIES["group"])
+
+
+# -- failures while writing --------------------------------------------------
+
+
+@pytest.mark.parametrize("on_cluster", [False, True])
+def test_a_failed_checkpoint_write_says_what_is_intact(tmp_path, V_small, on_cluster, request):
+    """A checkpoint that cannot be written (here: a file where the spare slot's
+    chunks go, as a full or read-only disk would refuse them) stops the fit with
+    a message naming the intact checkpoint; resuming from it then works."""
+    path = tmp_path / "r.zarr"
+    client = request.getfixturevalue("cluster_client") if on_cluster else None
+    blocker = path / "state1" / "W" / "c"
+
+    def block_the_spare_slot(iteration, _):
+        if iteration == 0:
+            blocker.write_text("not a folder")
+
+    kw = dict(FIT, max_iter=12, checkpoint_every=5, client=client)
+    with pytest.raises(dask_nmf.InputError) as err:
+        dask_nmf.factorize(V_small, 3, checkpoint=path, on_checkpoint=block_the_spare_slot, **kw)
+    assert "writing iteration 5" in str(err.value)
+    assert "last complete checkpoint (iteration 0) is intact" in str(err.value)
+    assert dask_nmf.load(path).n_iter == 0
+    assert not (path / outputs.LOCK_NAME).exists()
+    blocker.unlink()
+    res = dask_nmf.factorize(V_small, 3, checkpoint=path, resume=True, **kw)
+    straight = dask_nmf.factorize(V_small, 3, **{**kw, "client": None})
+    assert res.n_iter == 12
+    np.testing.assert_allclose(res.H, straight.H, rtol=1e-10)
+
+
+def test_abandon_removes_only_a_fresh_store_with_nothing_complete(tmp_path):
+    fresh, kept = tmp_path / "fresh.zarr", tmp_path / "kept.zarr"
+    for path in (fresh, kept):
+        claim = outputs.claim_output(path)
+        persistence.create_store(path, (10, 4), 2, "f8", 5, {"params": {}})
+        if path == kept:
+            persistence.commit_state(path, "state0", np.ones((2, 4)), {"iteration": 0}, None)
+        claim.abandon()
+        claim.release()
+    assert not fresh.exists()
+    assert persistence.read_meta(kept)["state"]["iteration"] == 0
