@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from typing import Any
 
 import click
@@ -293,29 +294,20 @@ def fit(
     if resume:
         state = meta.get("state") or {}
         start = int(state.get("iteration", 0))
-        if state.get("finished"):
-            ran, converged = int(state["n_iter"]), bool(state.get("converged"))
-            if converged or max_iter <= ran:
-                why = "converged" if converged else "stopped at --max-iter"
-                click.echo(
-                    f"{output} holds a finished run ({ran} iterations, {why}); nothing to do"
-                    + ("" if converged else f" (pass --max-iter above {ran} to run more)"),
-                    err=True,
-                )
-                return
-            if not quiet:
-                click.echo(
-                    f"{output} holds a run finished at iteration {ran}; "
-                    f"continuing it up to --max-iter {max_iter}",
-                    err=True,
-                )
+        done, note = driver.finished_run(meta, max_iter)
+        if done:
+            click.echo(f"{output}: {note.replace('max_iter', '--max-iter')}", err=True)
+            return
+        if note is not None and not quiet:
+            click.echo(f"{output}: {note.replace('max_iter', '--max-iter')}", err=True)
 
     with _cluster(scheduler, n_workers, threads_per_worker, memory_limit, quiet) as client:
         progress = _Progress(max_iter, start, quiet)
         t0 = time.perf_counter()
         interrupts = _Interrupts()
         try:
-            with interrupts:
+            with interrupts, warnings.catch_warnings():
+                warnings.simplefilter("ignore", driver.ResumeNote)  # (said above)
                 res = _fail_on_input_errors(
                     driver.factorize,
                     input_,

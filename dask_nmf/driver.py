@@ -771,87 +771,77 @@ def factorize(
         "checkpoint_every": int(checkpoint_every),
     }
 
-    # Cheap refusals of the output before V is read (taken for writing below).
-    resume_meta, V_places = None, outputs.input_locations(V, storage_options)
-    output_rules = dict(
-        overwrite=overwrite,
-        resume=resume,
-        inputs=V_places,
-        storage_options=storage_options,
-        what="checkpoint",
-    )
-    if checkpoint is not None:
-        _, resume_meta = outputs.check_output(checkpoint, **output_rules)
-        if resume:
-            _check_resumable(resume_meta, params, Vin, V_places)
-            if _nothing_to_resume(resume_meta, max_iter, checkpoint):
-                return persistence.load(checkpoint, storage_options)
-        else:
-            resume_meta = None
-
-    # Keep V's decoded blocks in memory when they fit: every pass after the first
-    # is then a memory-bound one.
-    if Vin.array is not None:
-        if keep_in_memory is None:
-            keep_in_memory = Vin.nbytes <= runner.memory_budget()
-        if keep_in_memory:
-            (Vin.array,) = runner.persist(Vin.array)
-            Vin.zarr = None  # the iterations use the kept blocks, not the store
-    sources = runner.place(block_sources(Vin))
-    # Re-read from a zarr store: every pass reads V's blocks inside its own tasks.
-    reader = BlockReader(Vin.zarr, Vin.dtype) if Vin.zarr is not None else None
-
-    try:
-        stats = input_stats(runner, sources, reader, Vin.bounds)  # validation and statistics
-        check_stats(stats)
-        fingerprint = _fingerprint(stats, V_places)
-        if resume_meta is not None:
-            _check_fingerprint(resume_meta, fingerprint)
-            _note_continuing(resume_meta, max_iter, checkpoint)
-    except BaseException:
-        runner.release_read_buffers()  # (on success, released when the fit ends)
-        raise
-    fit = _Fit(runner, Vin, sources, reader, beta, k, reg, stats["sumsq"], stats["sum"])
-
-    store = checkpoint
+    # The output is taken before V is read: refused unless it is absent or ours,
+    # and locked against other runs until this one ends.
+    resume_meta, V_places, claim = None, outputs.input_locations(V, storage_options), None
+    note = None  # about a finished run being resumed
     temp_store = None
-    if store is None and runner.distributed:
-        # The lineage cut needs a store every worker can read.
-        temp_store = store = tempfile.mkdtemp(prefix="dask-nmf-")
-        store = os.path.join(store, "state.zarr")
-        seen = runner.client.run(os.path.isdir, temp_store)
-        if not all(seen.values()):
-            os.rmdir(temp_store)
-            raise InputError(
-                "the workers cannot see this machine's temporary directory; pass "
-                "checkpoint= a location all workers can reach (shared disk or object store)"
-            )
-    meta = {
-        "params": params,
-        "input": dict(Vin.source, fingerprint=fingerprint),
-        "beta_loss": BETA_NAMES[beta],
-    }
-    # The output is ours from here to the end of the fit: nobody else's run may
-    # write there (the lock), and it is checked again under the lock.
-    claim = None
     if checkpoint is not None:
-        try:
-            claim = outputs.claim_output(checkpoint, **output_rules)
-        except BaseException:
-            runner.release_read_buffers()
-            if temp_store is not None:
-                shutil.rmtree(temp_store, ignore_errors=True)
-            raise
-        if resume:
-            resume_meta = claim.marker
-
-    # What the fit changes for its duration (BLAS threads, the workers' malloc),
-    # undone in the ``finally`` below.
+        claim = outputs.claim_output(
+            checkpoint,
+            overwrite=overwrite,
+            resume=resume,
+            inputs=V_places,
+            storage_options=storage_options,
+            what="checkpoint",
+        )
+    # What the fit holds or changes for its duration (the output's lock, BLAS
+    # threads, the workers' malloc, read buffers), undone in the ``finally`` below.
     settings = contextlib.ExitStack()
     if claim is not None:
         settings.callback(claim.release)  # (last of all)
-    settings.enter_context(runner.blas_limits())
     try:
+        if resume:
+            resume_meta = claim.marker
+            _check_resumable(resume_meta, params, Vin, V_places)
+            done, note = finished_run(resume_meta, max_iter)
+            if done:
+                warnings.warn(f"{checkpoint!r}: {note}", ResumeNote, stacklevel=2)
+                return persistence.load(checkpoint, storage_options)
+
+        # Keep V's decoded blocks in memory when they fit: every pass after the first
+        # is then a memory-bound one.
+        if Vin.array is not None:
+            if keep_in_memory is None:
+                keep_in_memory = Vin.nbytes <= runner.memory_budget()
+            if keep_in_memory:
+                (Vin.array,) = runner.persist(Vin.array)
+                Vin.zarr = None  # the iterations use the kept blocks, not the store
+        sources = runner.place(block_sources(Vin))
+        # Re-read from a zarr store: every pass reads V's blocks inside its own tasks.
+        reader = BlockReader(Vin.zarr, Vin.dtype) if Vin.zarr is not None else None
+
+        try:
+            stats = input_stats(runner, sources, reader, Vin.bounds)  # validation and statistics
+            check_stats(stats)
+            fingerprint = _fingerprint(stats, V_places)
+            if resume_meta is not None:
+                _check_fingerprint(resume_meta, fingerprint)
+                if note is not None:
+                    warnings.warn(f"{checkpoint!r}: {note}", ResumeNote, stacklevel=2)
+        except BaseException:
+            runner.release_read_buffers()  # (on success, released when the fit ends)
+            raise
+        fit = _Fit(runner, Vin, sources, reader, beta, k, reg, stats["sumsq"], stats["sum"])
+
+        store = checkpoint
+        if store is None and runner.distributed:
+            # The lineage cut needs a store every worker can read.
+            temp_store = store = tempfile.mkdtemp(prefix="dask-nmf-")
+            store = os.path.join(store, "state.zarr")
+            seen = runner.client.run(os.path.isdir, temp_store)
+            if not all(seen.values()):
+                os.rmdir(temp_store)
+                raise InputError(
+                    "the workers cannot see this machine's temporary directory; pass "
+                    "checkpoint= a location all workers can reach (shared disk or object store)"
+                )
+        meta = {
+            "params": params,
+            "input": dict(Vin.source, fingerprint=fingerprint),
+            "beta_loss": BETA_NAMES[beta],
+        }
+        settings.enter_context(runner.blas_limits())
         settings.enter_context(
             workers.tuned_for_blocks(runner.client, Vin.nbytes // len(Vin.bounds))
         )
@@ -1060,39 +1050,37 @@ def _check_resumable(meta: dict, params: dict, Vin: InputMatrix, V_places: list)
         )
 
 
-def _nothing_to_resume(meta: dict, max_iter: int, checkpoint: Any) -> bool:
-    """Whether a resumed checkpoint is a finished run that ``max_iter`` does not extend.
+class ResumeNote(UserWarning):
+    """What resuming a finished run did (see :func:`finished_run`)."""
 
-    A finished run is reported, not continued: only a ``max_iter`` beyond the
-    iterations it ran (and a run that stopped at its ``max_iter``, not by
-    ``tol``) continues it.
+
+def finished_run(meta: dict, max_iter: int) -> tuple[bool, str | None]:
+    """What resuming a checkpoint does when it holds a finished run.
+
+    A finished run is reported, not continued, unless it stopped at its
+    ``max_iter`` (not by ``tol``) and ``max_iter`` now asks for more.
+
+    Returns
+    -------
+    (bool, str or None)
+        Whether there is nothing to run, and what to tell the user (None when
+        the checkpoint is not a finished run).
     """
-    state = meta["state"]
+    state = meta.get("state") or {}
     if not state.get("finished"):
-        return False
+        return False, None
     ran, converged = int(state["n_iter"]), bool(state.get("converged"))
-    if converged or max_iter <= ran:
-        why = "converged" if converged else f"stopped at max_iter={ran}"
-        more = "" if converged else f"; pass a max_iter above {ran} to run more iterations"
-        warnings.warn(
-            f"{checkpoint!r} holds a finished run ({ran} iterations, {why}): nothing was run, "
-            f"it is returned as it is{more}",
-            UserWarning,
-            stacklevel=3,
+    if converged:
+        return True, f"it holds a finished run ({ran} iterations, converged): nothing to run"
+    if max_iter <= ran:
+        return True, (
+            f"it holds a finished run ({ran} iterations, stopped at max_iter={ran}): nothing "
+            f"to run; a max_iter above {ran} continues it"
         )
-        return True
-    return False
-
-
-def _note_continuing(meta: dict, max_iter: int, checkpoint: Any) -> None:
-    state = meta["state"]
-    if state.get("finished"):
-        warnings.warn(
-            f"{checkpoint!r} holds a run finished at iteration {state['n_iter']} (max_iter then); "
-            f"continuing it up to max_iter={max_iter}",
-            UserWarning,
-            stacklevel=3,
-        )
+    return (
+        False,
+        f"it holds a run finished at iteration {ran}; continuing it to max_iter={max_iter}",
+    )
 
 
 def _fingerprint(stats: dict, V_places: list) -> dict:

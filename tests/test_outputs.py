@@ -263,7 +263,7 @@ def test_resuming_a_run_stopped_by_max_iter(tmp_path, V_small):
     with pytest.warns(UserWarning, match="max_iter above 6"):
         same = dask_nmf.factorize(V_small, 3, checkpoint=path, resume=True, **FIT)
     assert same.n_iter == 6 and digest(path) == before
-    with pytest.warns(UserWarning, match="continuing it up to max_iter=10"):
+    with pytest.warns(UserWarning, match="continuing it to max_iter=10"):
         more = dask_nmf.factorize(
             V_small, 3, checkpoint=path, resume=True, **{**FIT, "max_iter": 10}
         )
@@ -280,7 +280,7 @@ def test_cli_resume_of_a_finished_run_does_nothing(tmp_path, store, cluster_clie
     before = digest(out)
     r = cli_run(["fit", store, "-k", "3", "-o", out, "--max-iter", "5", "--resume", *common])
     assert r.exit_code == 0, r.output
-    assert "finished run (5 iterations" in r.output and "nothing to do" in r.output
+    assert "finished run (5 iterations" in r.output and "nothing to run" in r.output
     assert digest(out) == before
 
 
