@@ -6,6 +6,7 @@ memory: real LocalClusters and real `dask scheduler` / `dask worker` processes.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -195,3 +196,86 @@ def test_workers_killed_for_memory_is_an_error_naming_memory_and_block_size(smal
     assert "died" in message and "--block-rows" in message
     assert time.perf_counter() - t0 < 60
     small_worker.wait_for_workers(1, timeout=30)  # the nanny brings it back
+
+
+# --------------------------------------------------------------------------
+# The command line: one line and exit status 2, no traceback
+# --------------------------------------------------------------------------
+CLI = [sys.executable, "-m", "dask_nmf.cli"]
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("dask-nmf: error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--scheduler", ""], "--scheduler needs an address"),
+        (["--n-workers", "0"], "--n-workers must be at least 1"),
+        (["--n-workers", "-2"], "--n-workers must be at least 1"),
+        (["--threads-per-worker", "0"], "--threads-per-worker must be at least 1"),
+        (["--memory-limit", "banana"], "--memory-limit must be"),
+        (["--scheduler", "tcp://a:1", "--scheduler-file", "s.json"], "contradict"),
+    ],
+)
+def test_bad_cluster_options_exit_2_before_anything_starts(V_path, tmp_path, options, message):
+    from click.testing import CliRunner
+
+    from dask_nmf.cli import cli
+
+    out = tmp_path / "out.zarr"
+    for command in (["fit", V_path, "-k", "3", "-o", str(out)], ["transform", V_path]):
+        if command[0] == "transform":
+            command += ["--model", str(tmp_path / "m.zarr"), "-o", str(out)]
+        r = CliRunner().invoke(cli, command + options)
+        assert r.exit_code == 2, r.output
+        assert message in r.output and r.output.count("\n") == 1, r.output
+        assert not out.exists()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["--scheduler", "--scheduler-file"])
+def test_an_unreachable_scheduler_exits_2_quickly(V_path, tmp_path, how):
+    target = "tcp://127.0.0.1:1" if how == "--scheduler" else str(tmp_path / "none.json")
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [*CLI, "fit", V_path, "-k", "3", "-o", str(tmp_path / "out.zarr"), how, target],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env={**os.environ, "DASK_DASK_NMF__CONNECT_TIMEOUT": "1s"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert target in _one_error_line(proc.stderr)
+    assert time.perf_counter() - t0 < 30  # (the process itself starts in a few seconds)
+
+
+@pytest.mark.timeout(90)
+def test_cli_a_lost_scheduler_mid_fit_exits_2_with_resume(scheduler_with_a_worker, tmp_path):
+    client, scheduler, _ = scheduler_with_a_worker
+    address = client.scheduler.address
+    V = make_low_rank(np.random.default_rng(0), 400, 40, 4)
+    path = write_zarr(tmp_path / "V.zarr", V, chunks=(50, 40))
+    out = str(tmp_path / "out.zarr")
+    proc = subprocess.Popen(
+        [*CLI, "fit", path, "-k", "4", "-o", out, "--max-iter", "100000", "--tol", "0"]
+        + ["--init", "random", "--checkpoint-every", "3", "--scheduler", address],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        seen.append(proc.stderr.readline())
+        if "checkpoint: iteration 3" in seen[-1]:
+            break
+    scheduler.send_signal(signal.SIGKILL)
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 2, "".join(seen) + rest
+    line = _one_error_line(rest)
+    assert address in line and "--resume" in line, line
+    assert dask_nmf.load(out).n_iter >= 3
