@@ -34,16 +34,132 @@ class Abort(click.ClickException):
         click.echo(f"dask-nmf: error: {self.format_message()}", err=True)
 
 
+#: Default of ``dask-nmf.connect-timeout``: how long the CLI tries to reach a scheduler.
+CONNECT_TIMEOUT = "10s"
+
+
+def _connect_timeout() -> float:
+    import dask
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("dask-nmf.connect-timeout", CONNECT_TIMEOUT)))
+
+
+def _check_cluster_options(
+    scheduler: str | None,
+    scheduler_file: str | None,
+    n_workers: int,
+    threads_per_worker: int,
+    memory_limit: str,
+) -> None:
+    """Refuse bad cluster options before anything starts (one line, exit 2)."""
+    if scheduler is not None and not scheduler.strip():
+        raise Abort(
+            "--scheduler needs an address (e.g. tcp://host:8786); omit it for a local cluster"
+        )
+    if scheduler is not None and scheduler_file is not None:
+        raise Abort("--scheduler and --scheduler-file contradict each other; give one")
+    if scheduler_file is not None and not scheduler_file.strip():
+        raise Abort("--scheduler-file needs a path")
+    if n_workers < 1:
+        raise Abort(f"--n-workers must be at least 1; got {n_workers}")
+    if threads_per_worker < 1:
+        raise Abort(f"--threads-per-worker must be at least 1; got {threads_per_worker}")
+    import logging
+
+    from distributed.worker_memory import parse_memory_limit
+
+    try:  # as LocalCluster reads it: "auto", a fraction of the memory, bytes ("4GiB"), 0 = none
+        limit = parse_memory_limit(
+            memory_limit, threads_per_worker, logger=logging.getLogger("dask_nmf")
+        )
+    except (ValueError, TypeError, AssertionError):
+        limit = -1
+    if limit is not None and limit < 0:
+        raise Abort(
+            f"--memory-limit must be 'auto', a fraction like 0.5, or a size like 4GiB; "
+            f"got {memory_limit!r}"
+        )
+
+
+def _scheduler_lost(client: Any) -> bool:
+    return getattr(client, "status", "running") != "running"
+
+
 @contextlib.contextmanager
-def _cluster(scheduler, n_workers, threads_per_worker, memory_limit, quiet):
-    """Connect to ``scheduler``, or start an embedded LocalCluster."""
+def _quiet_distributed(name: str = "distributed"):
+    """Mute distributed's logger ``name`` (it logs tracebacks of a lost connection,
+    which the command reports in one line)."""
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _connect(scheduler: str | None, scheduler_file: str | None):
+    """A Client of a running scheduler, or Abort within the connect timeout."""
+    from distributed import Client
+
+    timeout = _connect_timeout()
+    if scheduler_file is not None:
+        # (Client would wait for the file with no end.)
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(scheduler_file):
+            if time.monotonic() > deadline:
+                raise Abort(f"no scheduler file {scheduler_file} appeared within {timeout:g} s")
+            time.sleep(0.1)
+    target = scheduler or scheduler_file
+    try:
+        with _quiet_distributed():
+            if scheduler_file is not None:
+                return Client(scheduler_file=scheduler_file, timeout=timeout)
+            return Client(scheduler, timeout=timeout)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        raise Abort(f"cannot reach the dask scheduler at {target} ({exc})") from None
+
+
+@contextlib.contextmanager
+def _cluster(scheduler, n_workers, threads_per_worker, memory_limit, quiet, scheduler_file=None):
+    """Connect to ``scheduler`` (or the one in ``scheduler_file``), or start an
+    embedded LocalCluster.
+
+    A :class:`~dask_nmf.driver.ClusterError` in the body, or a scheduler lost
+    during it, ends the command with one line and exit status 2.
+    """
     from distributed import Client, LocalCluster
 
-    if scheduler:
-        with Client(scheduler) as client:
+    from .driver import ClusterError
+
+    if scheduler is not None or scheduler_file is not None:
+        stack = contextlib.ExitStack()
+        client = _connect(scheduler, scheduler_file)
+        address = client.scheduler.address
+        try:
+            # A lost scheduler: the client logs each failed reconnect with a traceback.
+            stack.enter_context(_quiet_distributed("distributed.client"))
             if not quiet:
-                click.echo(f"connected to {scheduler} ({len(client.nthreads())} workers)", err=True)
+                click.echo(f"connected to {address} ({len(client.nthreads())} workers)", err=True)
             yield client
+        except Abort:
+            raise
+        except ClusterError as exc:
+            raise Abort(str(exc)) from None
+        except Exception:
+            if _scheduler_lost(client):
+                raise Abort(
+                    f"lost the connection to the dask scheduler at {address}; "
+                    "continue with --resume once it is back"
+                ) from None
+            raise
+        finally:
+            with _quiet_distributed():
+                client.close(timeout=_connect_timeout())
+            stack.close()
         return
     with (
         LocalCluster(
@@ -61,7 +177,10 @@ def _cluster(scheduler, n_workers, threads_per_worker, memory_limit, quiet):
                 f"memory limit {memory_limit}; dashboard {link}",
                 err=True,
             )
-        yield client
+        try:
+            yield client
+        except ClusterError as exc:
+            raise Abort(str(exc)) from None
 
 
 class _Progress:
@@ -147,11 +266,12 @@ class _Interrupts:
 
 
 def _fail_on_input_errors(fn, *args, **kwargs):
+    from .driver import ClusterError
     from .io import InputError
 
     try:
         return fn(*args, **kwargs)
-    except InputError as exc:
+    except (InputError, ClusterError) as exc:
         raise Abort(str(exc)) from None
     except FileNotFoundError as exc:
         raise Abort(str(exc)) from None
@@ -159,6 +279,11 @@ def _fail_on_input_errors(fn, *args, **kwargs):
 
 cluster_options = [
     click.option("--scheduler", metavar="ADDRESS", help="Connect to this dask scheduler."),
+    click.option(
+        "--scheduler-file",
+        metavar="PATH",
+        help="Connect to the scheduler named in this file (dask scheduler --scheduler-file).",
+    ),
     click.option("--n-workers", default=2, show_default=True, help="Embedded cluster: workers."),
     click.option(
         "--threads-per-worker", default=1, show_default=True, help="Embedded cluster: threads each."
@@ -244,6 +369,7 @@ def fit(
     sample_dims,
     feature_dims,
     scheduler,
+    scheduler_file,
     n_workers,
     threads_per_worker,
     memory_limit,
@@ -264,6 +390,8 @@ def fit(
     asks for more iterations than it ran.
     """
     from . import driver, outputs
+
+    _check_cluster_options(scheduler, scheduler_file, n_workers, threads_per_worker, memory_limit)
 
     xr_opts = {
         "variable": variable,
@@ -301,7 +429,9 @@ def fit(
         if note is not None and not quiet:
             click.echo(f"{output}: {note.replace('max_iter', '--max-iter')}", err=True)
 
-    with _cluster(scheduler, n_workers, threads_per_worker, memory_limit, quiet) as client:
+    with _cluster(
+        scheduler, n_workers, threads_per_worker, memory_limit, quiet, scheduler_file
+    ) as client:
         progress = _Progress(max_iter, start, quiet)
         t0 = time.perf_counter()
         interrupts = _Interrupts()
@@ -336,6 +466,9 @@ def fit(
                         f"checkpoint: iteration {it} -> {path}"
                     ),
                 )
+        except Exception:
+            progress.close()  # (before the error's line)
+            raise
         except KeyboardInterrupt:
             interrupts.__exit__()  # (already done, unless Ctrl-C came again inside it)
             progress.close()
@@ -371,6 +504,7 @@ def transform(
     block_rows,
     overwrite,
     scheduler,
+    scheduler_file,
     n_workers,
     threads_per_worker,
     memory_limit,
@@ -384,6 +518,7 @@ def transform(
 
     from . import driver, outputs, persistence
 
+    _check_cluster_options(scheduler, scheduler_file, n_workers, threads_per_worker, memory_limit)
     inputs = _fail_on_input_errors(
         lambda: [*outputs.input_locations(input_), outputs.locate(model)]
     )
@@ -392,7 +527,9 @@ def transform(
     meta = _fail_on_input_errors(persistence.read_meta, model)
     _, H, _ = _fail_on_input_errors(persistence.read_state, model)
     params = meta.get("params", {})
-    with _cluster(scheduler, n_workers, threads_per_worker, memory_limit, quiet) as client:
+    with _cluster(
+        scheduler, n_workers, threads_per_worker, memory_limit, quiet, scheduler_file
+    ) as client:
         W = _fail_on_input_errors(
             driver.transform,
             input_,

@@ -19,6 +19,7 @@ iterations since the last checkpoint, replayed by dask itself.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import math
 import operator
@@ -38,7 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 import zarr
 from dask.delayed import Delayed
-from dask.utils import parse_bytes
+from dask.utils import format_bytes, parse_bytes, parse_timedelta
 
 from . import kernels, outputs, persistence, workers
 from .init import custom_init, nndsvd_init, random_init, resolve_init
@@ -64,6 +65,22 @@ BLOCK_MEMORY_FRACTION = 1 / 8
 WHOLE_BLOCK_MEMORY_FRACTION = 1 / 16
 #: Fan-in of the reduction tree over the blocks' partial sums.
 SPLIT_EVERY = 8
+#: Default of ``dask-nmf.no-worker-timeout``: how long a fit waits with no running worker.
+NO_WORKER_TIMEOUT = "60s"
+#: A worker thread holds a block and the temporaries of its update: about this many blocks.
+BLOCKS_PER_THREAD = 4
+#: Memory of a worker process before it holds any block (Python, NumPy, dask, zarr).
+WORKER_BASE_MEMORY = 200 * 2**20
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot carry on with the fit.
+
+    No worker joined, all workers were lost, workers were killed (most
+    likely for memory) while running a block's task, or the scheduler was
+    lost.  The message says what happened and what to do; where a checkpoint
+    exists it is intact and the fit can be resumed from it.
+    """
 
 
 # --------------------------------------------------------------------------
@@ -159,26 +176,222 @@ class Runner:
 
     def __init__(self, client: Any = None):
         self.client = client
+        # What a :class:`ClusterError` tells about the fit (see :meth:`expect_blocks`).
+        self.V: InputMatrix | None = None
+        self.checkpoint: Any = None
+        self.storage_options: dict | None = None
+        self._no_workers_since: float | None = None
+        self._seen_workers: dict[str, dict] = {}
+        if self.distributed:
+            self._wait_for_workers()
 
     @property
     def distributed(self) -> bool:
         return self.client is not None
 
+    # ----------------------------------------------------------------------
+    # Cluster health: every wait on the cluster ends, with a ClusterError at worst
+    # ----------------------------------------------------------------------
+    @staticmethod
+    def no_worker_timeout() -> float:
+        """Seconds a fit waits while the cluster has no running worker (dask config
+        ``dask-nmf.no-worker-timeout``, default 60 s)."""
+        value = dask.config.get("dask-nmf.no-worker-timeout", NO_WORKER_TIMEOUT)
+        return float(parse_timedelta(value, default="s"))
+
+    @property
+    def address(self) -> str:
+        """The scheduler's address, for messages."""
+        with contextlib.suppress(Exception):
+            return str(self.client.scheduler.address)
+        return "?"
+
+    def _wait_for_workers(self) -> None:
+        timeout = self.no_worker_timeout()
+        try:
+            self.client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError:
+            if self.client.status != "running":
+                raise self._scheduler_lost() from None
+            raise ClusterError(
+                f"no dask worker joined the scheduler at {self.address} within {timeout:g} s; "
+                "start workers (dask worker ADDRESS) or raise the dask config "
+                "'dask-nmf.no-worker-timeout'"
+            ) from None
+        except OSError as exc:
+            raise self._scheduler_lost() from exc
+
+    def expect_blocks(self, V: InputMatrix, checkpoint: Any = None, storage_options=None) -> None:
+        """Note V's blocks and the checkpoint (for messages); refuse blocks no worker can hold.
+
+        A block larger than every worker's whole memory limit would only get
+        its workers killed and restarted until dask gives up.
+        """
+        self.V, self.checkpoint, self.storage_options = V, checkpoint, storage_options
+        if not self.distributed:
+            return
+        block = self._block_bytes()
+        # (Kept for the messages: when workers die, the scheduler may know none.)
+        self._seen_workers = self._workers()
+        limits = [w.get("memory_limit") or 0 for w in self._seen_workers.values()]
+        if limits and all(0 < limit < block for limit in limits):
+            raise ClusterError(
+                f"a block of V takes {format_bytes(block)} ({block} bytes), more than any "
+                f"worker's memory limit (at most {format_bytes(max(limits))}); "
+                + self._memory_advice()
+            )
+
+    def _block_bytes(self) -> int:
+        V = self.V
+        return V.nbytes // max(1, len(V.bounds)) if V is not None else 0
+
+    def _memory_advice(self) -> str:
+        """What a worker needs for the fit's blocks, and how to get there."""
+        block = self._block_bytes()
+        workers = {}
+        if self.distributed:
+            with contextlib.suppress(Exception):
+                workers = self._workers()
+            workers = workers or self._seen_workers
+        threads = max([w.get("nthreads", 1) for w in workers.values()] or [1])
+        needed = threads * BLOCKS_PER_THREAD * block + WORKER_BASE_MEMORY
+        limits = [w["memory_limit"] for w in workers.values() if w.get("memory_limit")]
+        advice = (
+            f"a worker with {threads} thread(s) needs a memory limit of at least "
+            f"~{format_bytes(needed)} for blocks of this size (a block and its temporaries "
+            f"per thread, plus ~{format_bytes(WORKER_BASE_MEMORY)} for the worker itself); "
+            "give the workers more memory (--memory-limit) or use smaller blocks"
+        )
+        if self.V is not None and limits and block > 0:
+            row_bytes = block / max(1, self.V.block_rows)
+            rows = int(min(limits) / threads * BLOCK_MEMORY_FRACTION // max(1.0, row_bytes))
+            advice += f" (--block-rows / block_rows= {max(1, rows)} fits these workers)"
+        return advice + self._resume_hint()
+
+    def _resume_hint(self) -> str:
+        """Where the fit can continue from, if anywhere."""
+        if self.checkpoint is None:
+            return ""
+        with contextlib.suppress(Exception):
+            meta = persistence.read_meta(self.checkpoint, self.storage_options)
+            state = meta.get("state") or {}
+            if state:
+                return (
+                    f"; the last checkpoint in {self.checkpoint} (iteration "
+                    f"{state.get('iteration')}) is intact: continue with --resume (resume=True)"
+                )
+        return ""
+
+    def _scheduler_lost(self) -> ClusterError:
+        return ClusterError(
+            f"lost the connection to the dask scheduler at {self.address}"
+            + (self._resume_hint() or "; start it again and rerun the fit")
+        )
+
+    def _cluster_error(self, exc: BaseException) -> ClusterError | None:
+        """The :class:`ClusterError` that ``exc`` (from a wait on the cluster) stands for, if any."""
+        from distributed import KilledWorker
+
+        if isinstance(exc, ClusterError):
+            return exc
+        if isinstance(exc, KilledWorker):
+            task = getattr(exc, "task", None)
+            block = self._block_bytes()
+            return ClusterError(
+                f"dask workers died while running a task of the fit ({task}), most likely "
+                f"for lack of memory: a block of V takes {format_bytes(block)} ({block} bytes) "
+                f"and the smallest worker memory limit is {self._smallest_limit()}; "
+                + self._memory_advice()
+            )
+        # A task may raise OSError or TimeoutError itself: only a client that has
+        # lost its scheduler makes them (and cancelled futures) the cluster's fault.
+        if self.client.status != "running" and isinstance(
+            exc, (OSError, TimeoutError, concurrent.futures.CancelledError)
+        ):
+            return self._scheduler_lost()
+        if "scheduler-connection-lost" in str(exc):
+            return self._scheduler_lost()
+        return None
+
+    def _smallest_limit(self) -> str:
+        workers = self._seen_workers
+        with contextlib.suppress(Exception):
+            workers = self._workers() or workers
+        limits = [w["memory_limit"] for w in workers.values() if w.get("memory_limit")]
+        return format_bytes(min(limits)) if limits else "unknown"
+
+    def _check_health(self) -> None:
+        """Raise :class:`ClusterError` when the scheduler is gone, or no worker has
+        been running for longer than ``dask-nmf.no-worker-timeout``."""
+        if self.client.status != "running":
+            raise self._scheduler_lost()
+        try:
+            workers = self._workers()
+        except (OSError, TimeoutError) as exc:
+            raise self._scheduler_lost() from exc
+        running = [w for w in workers.values() if w.get("status", "running") == "running"]
+        now = time.monotonic()
+        if running:
+            self._no_workers_since = None
+            return
+        if self._no_workers_since is None:
+            self._no_workers_since = now
+        waited = now - self._no_workers_since
+        if waited <= self.no_worker_timeout():
+            return
+        if workers:  # all paused: their memory is full and nothing frees it
+            what = (
+                f"all {len(workers)} dask workers have been paused (memory full) for "
+                f"{waited:.0f} s; " + self._memory_advice()
+            )
+        else:
+            what = (
+                f"the dask cluster at {self.address} has had no workers for {waited:.0f} s "
+                "(all lost); start workers (dask worker ADDRESS) and rerun the fit"
+                + self._resume_hint()
+            )
+        raise ClusterError(what)
+
+    def _await(self, futures: list) -> None:
+        """Wait for ``futures`` to end, checking on the cluster while they do not."""
+        from distributed import wait
+
+        poll = min(1.0, max(0.05, self.no_worker_timeout() / 4))
+        while not all(f.done() for f in futures):
+            try:
+                with self.client.as_current():
+                    wait(futures, timeout=poll)
+            except TimeoutError:
+                self._check_health()
+            except Exception as exc:
+                error = self._cluster_error(exc)
+                if error is None:
+                    raise
+                raise error from exc
+
+    def _results(self, futures: list) -> list:
+        """The values of ``futures``: a task's error as it is, a cluster's as a ClusterError."""
+        self._await(futures)
+        try:
+            return self.client.gather(futures)
+        except Exception as exc:
+            error = self._cluster_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+
     def run(self, blocks: list, reduced: Any = None) -> tuple[list, Any]:
         """Compute ``blocks`` (kept as handles) and ``reduced`` (returned) in one graph."""
         objs = list(blocks) + ([reduced] if reduced is not None else [])
         if self.distributed:
-            from distributed import wait
-
             futures = self.client.compute(objs)
-            value = futures[-1].result() if reduced is not None else None
+            value = self._results(futures[-1:])[0] if reduced is not None else None
             handles = futures[: len(blocks)]
             if reduced is None:  # wait without fetching the blocks
-                with self.client.as_current():
-                    wait(handles)
-                for f in handles:
-                    if f.status != "finished":
-                        f.result()  # raises the task's error
+                self._await(handles)
+                failed = [f for f in handles if f.status != "finished"]
+                if failed:
+                    self._results(failed[:1])  # raises the task's error
         else:
             values = dask.compute(*objs)
             value = values[-1] if reduced is not None else None
@@ -205,9 +418,10 @@ class Runner:
         get = dask.base.get_scheduler() or dask.threaded.get
         return list(get(dsk, keys))
 
-    @staticmethod
-    def value(x: Any) -> Any:
+    def value(self, x: Any) -> Any:
         """The value behind a handle from :meth:`submit_graph` (waits for a future)."""
+        if self.distributed and hasattr(x, "result") and callable(x.result):
+            return self._results([x])[0]
         return x.result() if hasattr(x, "result") and callable(x.result) else x
 
     def cancel(self, handles: list) -> None:
@@ -217,7 +431,7 @@ class Runner:
 
     def compute(self, *objs):
         if self.distributed:
-            return tuple(self.client.compute(list(objs), sync=True))
+            return tuple(self._results(self.client.compute(list(objs))))
         return dask.compute(*objs)
 
     def persist(self, *collections):
@@ -228,7 +442,12 @@ class Runner:
     def place(self, arrays: list) -> list:
         """Handles for in-memory arrays (scattered once to the cluster)."""
         if self.distributed and arrays and _in_memory(arrays[0]):
-            return self.client.scatter(arrays, hash=False)
+            try:  # (scatter waits for a worker, with no end of its own)
+                return self.client.scatter(arrays, hash=False, timeout=self.no_worker_timeout())
+            except TimeoutError:
+                self._no_workers_since = -math.inf  # i.e. long enough
+                self._check_health()
+                raise
         return arrays
 
     @property
@@ -734,6 +953,7 @@ def factorize(
         # any other lazy source it holds whole blocks (about six per thread).
         with runner.block_size_limit(WHOLE_BLOCK_MEMORY_FRACTION):
             Vin = open_input(V, None, **opening)
+    runner.expect_blocks(Vin, checkpoint, storage_options)  # (for ClusterError's messages)
     m, n = Vin.shape
     k = int(n_components)
     init = resolve_init(init, k, Vin.shape)

@@ -116,6 +116,9 @@ def run_briefly(client: Any, function: Any, workers: list[str] | None = None) ->
     background; errors (workers gone) are ignored.
     """
 
+    if getattr(client, "status", "running") != "running":
+        return  # the scheduler is lost: no call would get through
+
     def call():
         with contextlib.suppress(Exception):
             client.run(function, workers=workers)
