@@ -31,6 +31,16 @@ class InputError(ValueError):
     """V (or an option describing it) cannot be used; the message says why."""
 
 
+#: The most row blocks V may be split into.  Each block is a task or two of
+#: every iteration's graph (and a W block the client tracks): at dask's
+#: ~0.2-1 ms of scheduler time per task, 10**6 blocks would spend minutes
+#: per iteration on scheduling alone, and the client's graph would take GBs.
+MAX_BLOCKS = 1_000_000
+
+#: Errors that codecs (numcodecs, zarr's pipeline) raise for bytes they cannot decode.
+_DECODE_ERRORS = (RuntimeError, ValueError, TypeError)
+
+
 @dataclass
 class InputMatrix:
     """V split into row blocks.
@@ -178,13 +188,45 @@ class ZarrCSR:
 
 
 def read_csr_rows(path, group, start, stop, n_cols, storage_options=None):
-    """Rows ``start:stop`` of a zarr CSR group as a SciPy CSR matrix."""
-    g = zarr.open_group(path, path=group, mode="r", storage_options=storage_options)
-    indptr = g["indptr"][start : stop + 1].astype(np.int64)
-    lo, hi = int(indptr[0]), int(indptr[-1])
-    return sp.csr_matrix(
-        (g["data"][lo:hi], g["indices"][lo:hi], indptr - lo), shape=(stop - start, n_cols)
-    )
+    """Rows ``start:stop`` of a zarr CSR group as a SciPy CSR matrix.
+
+    The block's ``indptr`` and ``indices`` are checked before SciPy sees them
+    (its kernels trust them and would read or write out of bounds); a bad
+    block raises :class:`InputError`.
+    """
+    where = f"the CSR store {path!r}" + (f" (group {group!r})" if group else "")
+    try:
+        g = zarr.open_group(path, path=group, mode="r", storage_options=storage_options)
+        indptr = g["indptr"][start : stop + 1].astype(np.int64)
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        nnz = int(g["data"].shape[0])
+        if len(indptr) != stop - start + 1 or not 0 <= lo <= hi <= nnz:
+            raise InputError(
+                f"{where} is damaged: indptr[{start}:{stop + 1}] runs from {lo} to {hi}, "
+                f"outside 0..{nnz} (the number of stored values)"
+            )
+        steps = np.diff(indptr)
+        if steps.size and steps.min() < 0:
+            row = start + int(np.argmax(steps < 0))
+            raise InputError(
+                f"{where} is damaged: indptr decreases at row {row} "
+                f"({int(indptr[row - start])} -> {int(indptr[row - start + 1])})"
+            )
+        data, indices = g["data"][lo:hi], g["indices"][lo:hi]
+    except InputError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise InputError(f"cannot read rows {start}:{stop} of {where}: {exc}") from exc
+    if indices.size:
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= n_cols:
+            bad = low if low < 0 else high
+            raise InputError(
+                f"{where} is damaged: rows {start}:{stop} hold column index {bad}, outside "
+                f"0..{n_cols - 1} (its shape attribute says {n_cols} columns)"
+            )
+    # (Checked above: SciPy's own check here is then only the cheap one.)
+    return sp.csr_matrix((data, indices, indptr - lo), shape=(stop - start, n_cols))
 
 
 def _csr_group(node: zarr.Group, path: Any, group: str, storage_options) -> ZarrCSR | None:
@@ -195,9 +237,51 @@ def _csr_group(node: zarr.Group, path: Any, group: str, storage_options) -> Zarr
         raise InputError(
             f"{path!r} holds a {kind}; row blocks need csr_matrix (convert it with .tocsr())"
         )
-    shape = tuple(int(x) for x in node.attrs["shape"])
-    data = node["data"]
-    return ZarrCSR(path, group, shape, np.dtype(data.dtype), int(data.shape[0]), storage_options)
+    where = f"the CSR store {path!r}" + (f" (group {group!r})" if group else "")
+    try:
+        shape = tuple(int(x) for x in node.attrs["shape"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(
+            f"{where} has no valid shape attribute (two integers); got "
+            f"{node.attrs.get('shape')!r}"
+        ) from None
+    if len(shape) != 2 or min(shape) < 0:
+        raise InputError(f"{where} has shape attribute {list(shape)}; expected [rows, columns]")
+    arrays = {}
+    for name in ("data", "indices", "indptr"):
+        a = node.get(name)
+        if not isinstance(a, zarr.Array) or a.ndim != 1:
+            raise InputError(f"{where} has no 1-D array {name!r}: it is not a CSR matrix")
+        arrays[name] = a
+    data, indices, indptr = arrays["data"], arrays["indices"], arrays["indptr"]
+    for name in ("indices", "indptr"):
+        if np.dtype(arrays[name].dtype).kind not in "iu":
+            raise InputError(f"{where}: {name} has dtype {arrays[name].dtype}; expected integers")
+    # Cheap structural checks (a few stored values); each block's indptr and
+    # indices are checked as it is read (read_csr_rows).
+    nnz = int(data.shape[0])
+    if indices.shape[0] != nnz:
+        raise InputError(
+            f"{where} is damaged: {indices.shape[0]} column indices for {nnz} stored values"
+        )
+    if indptr.shape[0] != shape[0] + 1:
+        raise InputError(
+            f"{where} is damaged: indptr has {indptr.shape[0]} entries; its shape attribute "
+            f"{list(shape)} needs {shape[0] + 1} (rows + 1)"
+        )
+    if nnz == 0:
+        raise InputError(f"{where} stores no values: V is all zeros, there is nothing to factorize")
+    if shape[0] > 0:
+        try:
+            first, last = int(indptr[0]), int(indptr[-1])
+        except _DECODE_ERRORS as exc:
+            raise InputError(f"cannot read indptr of {where}: {exc}") from exc
+        if first != 0 or last != nnz:
+            raise InputError(
+                f"{where} is damaged: indptr runs from {first} to {last}; "
+                f"a CSR matrix's runs from 0 to {nnz} (the number of stored values)"
+            )
+    return ZarrCSR(path, group, shape, np.dtype(data.dtype), nnz, storage_options)
 
 
 def open_zarr_array(
@@ -218,6 +302,10 @@ def open_zarr_array(
         raise InputError(f"no zarr store at {path!r}") from exc
     except Exception as exc:  # zarr raises several types for "not a store"
         raise InputError(f"cannot open {path!r} as a zarr store: {exc}") from exc
+    if array is not None and (
+        not isinstance(array, str) or array.strip("/") == "" or ".." in array.split("/")
+    ):
+        raise InputError(f"array= must name an array inside the zarr group; got {array!r}")
     if isinstance(node, zarr.Group):
         csr = _csr_group(node, path, "", storage_options)
         if csr is not None:
@@ -234,7 +322,7 @@ def open_zarr_array(
                 )
         try:
             node = node[array]
-        except KeyError:
+        except (KeyError, ValueError):
             raise InputError(
                 f"the zarr group {path!r} has no array {array!r} (it has {sorted(node.array_keys())})"
             ) from None
@@ -330,10 +418,14 @@ def open_input(
         raise InputError(
             f"V must be 2-D (samples x features); got {len(V.shape)}-D of shape {V.shape}"
         )
+    if any(np.isnan(s) for s in V.shape):
+        raise InputError(
+            f"V has unknown chunk sizes (shape {V.shape}); call V.compute_chunk_sizes() first"
+        )
     m, n = (int(s) for s in V.shape)
     if m == 0 or n == 0:
         raise InputError(f"V is empty (shape {V.shape})")
-    compute_dtype = _float_dtype(V.dtype) if dtype is None else _float_dtype(np.dtype(dtype))
+    compute_dtype = _float_dtype(V.dtype) if dtype is None else _float_dtype(_as_dtype(dtype))
     row_chunk = None
     if isinstance(V, zarr.Array):
         row_chunk = int(V.chunks[0])
@@ -348,6 +440,12 @@ def open_input(
     elif not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
         raise InputError(f"block_rows must be a positive integer; got {block_rows!r}")
     block_rows = int(min(block_rows, m))
+    in_memory = isinstance(V, np.ndarray) or sp.issparse(V)
+    _check_block_sizes(m, n, block_rows, row_bytes or n * compute_dtype.itemsize, in_memory)
+    if isinstance(V, zarr.Array):
+        _check_something_stored(V)
+    elif sp.issparse(V):
+        _check_csr(V)
     source.setdefault("shape", [m, n])
     source.setdefault("dtype", str(V.dtype))
     bounds = row_bounds(m, block_rows)
@@ -362,13 +460,93 @@ def open_input(
         arr = rows_array(V.read_rows, bounds, n, V.dtype, sp.csr_matrix((0, 0), dtype=V.dtype))
     elif isinstance(V, zarr.Array):
         # Reads each row block straight from the store, whatever its chunking.
-        arr = da.from_zarr(V, chunks=chunks)
+        arr = da.from_array(
+            V,
+            chunks=chunks,
+            name="from-zarr-" + dask.base.tokenize(V, chunks),
+            getitem=zarr_getter,
+        )
         common["zarr"] = V
     else:
         arr = V.rechunk(chunks) if V.chunks != chunks else V
     if arr.dtype != compute_dtype:
         arr = arr.astype(compute_dtype)
     return InputMatrix((m, n), compute_dtype, bounds, array=arr, **common)
+
+
+def _as_dtype(dtype: Any) -> np.dtype:
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        raise InputError(f"dtype must be 'float32' or 'float64'; got {dtype!r}") from None
+
+
+def _check_block_sizes(
+    m: int, n: int, block_rows: int, row_bytes: int, in_memory: bool = False
+) -> None:
+    """Refuse, before anything of size m is built, row blocks that cannot work."""
+    target = parse_bytes(dask.config.get("array.chunk-size"))
+    if row_bytes > target and not in_memory:
+        raise InputError(
+            f"one row of V ({n} columns) takes {row_bytes} bytes, more than a block of V may "
+            f"({target} bytes: dask's array.chunk-size, on a cluster at most 1/8 of a worker "
+            "thread's memory); raise array.chunk-size and the workers' memory, or check the "
+            "store's shape"
+        )
+    blocks = -(-m // block_rows)
+    if blocks > MAX_BLOCKS:
+        raise InputError(
+            f"V's {m} rows would make {blocks} row blocks of {block_rows} rows, more than "
+            f"{MAX_BLOCKS} (each is a task of every iteration); pass a larger block_rows or "
+            "raise dask's array.chunk-size, or check the store's shape"
+        )
+
+
+#: Chunks probed for existence before a store is listed (:func:`_check_something_stored`).
+_PROBES = 16
+
+
+def _check_something_stored(z: zarr.Array) -> None:
+    """Refuse a dense zarr store in which no chunk was ever written.
+
+    Every entry of such a V is the fill value; its metadata alone can claim
+    any size, and reading it would decode nothing but fill for the whole
+    claimed size.  Up to ``_PROBES`` chunks spread over the rows are looked up
+    (a few requests); only if none is there is the store listed, up to the
+    first chunk found.
+    """
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    grid = z.metadata.chunk_grid.chunk_shape  # stored objects (shards, where sharded)
+    rows = -(-z.shape[0] // grid[0])
+    picks = sorted({int(i) for i in np.linspace(0, rows - 1, min(rows, _PROBES))})
+    paths = [z.store_path / z.metadata.encode_chunk_key((i, 0)) for i in picks]
+
+    async def probe() -> bool:
+        if any(await asyncio.gather(*(p.exists() for p in paths))):
+            return True
+        meta = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
+        prefix = z.store_path.path + "/" if z.store_path.path else ""
+        async for key in z.store_path.store.list_prefix(prefix):
+            if not key.endswith(meta):
+                return True
+        return False
+
+    if not sync(probe()):
+        raise InputError(
+            f"the zarr array {z.store_path} stores no chunks: all its {z.shape[0]} x "
+            f"{z.shape[1]} entries are the fill value {z.fill_value}; was it ever written?"
+        )
+
+
+def _check_csr(X: Any) -> None:
+    """Refuse a SciPy CSR matrix whose index arrays are inconsistent (O(nnz), once)."""
+    try:
+        X.check_format(full_check=True)
+    except ValueError as exc:
+        raise InputError(f"V is not a valid CSR matrix: {exc}") from None
 
 
 def _is_xarray(V: Any) -> bool:
@@ -552,10 +730,13 @@ def _read_dense_into(reader: BlockReader, start: int, stop: int, out: np.ndarray
     if reader.direct is not None:
         _read_chunks_into(z, reader.direct, start, stop, out)
     else:
-        z.get_basic_selection(
-            (slice(start, stop), slice(None)),
-            out=default_buffer_prototype().nd_buffer.from_numpy_array(out),
-        )
+        try:
+            z.get_basic_selection(
+                (slice(start, stop), slice(None)),
+                out=default_buffer_prototype().nd_buffer.from_numpy_array(out),
+            )
+        except _DECODE_ERRORS as exc:
+            raise _damaged(z, start, stop, exc) from exc
     return out if out.dtype == reader.dtype else out.astype(reader.dtype)
 
 
@@ -653,19 +834,46 @@ def _read_chunks_into(z: zarr.Array, codec: Any, start: int, stop: int, out: np.
         raw = data.as_numpy_array()
         size = _decoded_size(codec, raw)
         if size is not None and size != chunk_bytes:
-            raise ValueError(
+            raise InputError(
                 f"chunk {paths[i - first]} decodes to {size} bytes, not {chunk_bytes} "
                 f"({rows_per_chunk} x {n} {z.dtype}): the store is damaged"
             )
         whole = lo == a and hi == b
         dest = out[a - start : b - start] if whole else np.empty((rows_per_chunk, n), z.dtype)
-        if codec is _UNCOMPRESSED:
-            dest.reshape(-1).view(np.uint8)[:] = raw
-        else:
-            codec.decode(raw, out=dest)
+        try:
+            if codec is _UNCOMPRESSED:
+                dest.reshape(-1).view(np.uint8)[:] = raw
+            else:
+                codec.decode(raw, out=dest)
+        except _DECODE_ERRORS as exc:
+            raise InputError(f"cannot decode chunk {paths[i - first]}: {exc}") from exc
         if not whole:
             out[lo - start : hi - start] = dest[lo - a : hi - a]
         del data, raw, dest  # (from a local store: freed before the next chunk is read)
+
+
+def _damaged(z: zarr.Array, start: int, stop: int, exc: BaseException) -> InputError:
+    """The error for rows ``start:stop`` of ``z`` that zarr could not decode."""
+    rows = z.chunks[0]
+    first, last = (z.metadata.encode_chunk_key((i, 0)) for i in (start // rows, (stop - 1) // rows))
+    span = first if first == last else f"{first} .. {last}"
+    return InputError(
+        f"cannot read rows {start}:{stop} of {z.store_path} (chunks {span}, the store may be "
+        f"damaged): {type(exc).__name__}: {exc}"
+    )
+
+
+def zarr_getter(a: Any, b: Any, asarray: bool = True, lock: Any = None) -> Any:
+    """dask's ``getter`` for a zarr array, raising :class:`InputError` for chunks
+    that cannot be decoded."""
+    from dask.array.core import getter
+
+    try:
+        return getter(a, b, asarray=asarray, lock=lock)
+    except _DECODE_ERRORS as exc:
+        rows = b[0] if isinstance(b, tuple) else b
+        start, stop = rows.start or 0, rows.stop if rows.stop is not None else a.shape[0]
+        raise _damaged(a, start, stop, exc) from exc
 
 
 def _get_chunks(paths: list) -> Iterator:
