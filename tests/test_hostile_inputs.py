@@ -117,11 +117,23 @@ def test_damaged_csr_store_is_refused(tmp_path, X, case, keep_in_memory):
     assert re.search(message, r.stdout), r.stdout
 
 
-def test_invalid_scipy_csr_in_memory_is_refused(X):
-    bad = X.copy()
-    bad.indices[3] = 99  # (SciPy's constructor checked it before this)
-    with pytest.raises(InputError, match="not a valid CSR matrix"):
-        dask_nmf.factorize(bad, 2, max_iter=2)
+@pytest.mark.timeout(120)
+def test_invalid_scipy_csr_in_memory_is_refused():
+    # In a subprocess: unchecked, SciPy's kernels corrupt the heap.
+    code = """
+import dask_nmf, scipy.sparse as sp
+X = sp.random(60, 12, density=0.3, random_state=0, format="csr")
+X.indices[3] = 99  # (SciPy's constructor checked it before this)
+try:
+    dask_nmf.factorize(X, 2, max_iter=2)
+except dask_nmf.InputError as exc:
+    print("InputError:", exc)
+"""
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=100, env=ENV, cwd=ROOT
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("InputError: V is not a valid CSR matrix"), r.stdout
 
 
 def run_cli(args, timeout=150):
