@@ -6,11 +6,11 @@ Kullback-Leibler costs, one pass over V per iteration, on a dask cluster.
 
 __version__ = "0.1.0"
 
-from .driver import factorize
+from .driver import FitError, factorize
 from .io import InputError
 from .persistence import NMFResult, load
 
-__all__ = ["factorize", "load", "NMFResult", "InputError", "NMF", "__version__"]
+__all__ = ["factorize", "load", "NMFResult", "InputError", "FitError", "NMF", "__version__"]
 
 
 def __getattr__(name):

@@ -146,11 +146,12 @@ class _Interrupts:
 
 
 def _fail_on_input_errors(fn, *args, **kwargs):
+    from .driver import FitError
     from .io import InputError
 
     try:
         return fn(*args, **kwargs)
-    except InputError as exc:
+    except (InputError, FitError) as exc:  # a one-line message, never "converged"
         raise Abort(str(exc)) from None
     except FileNotFoundError as exc:
         raise Abort(str(exc)) from None
@@ -276,7 +277,9 @@ def fit(
         raise Abort(f"{output} already exists; use --resume to continue it or --overwrite")
     if resume and not exists:
         raise Abort(f"cannot resume: {output} does not exist")
-    # Cheap checks of the store (exists, is an array) before any cluster starts.
+    # Cheap checks of the options and the store (exists, is an array) before any
+    # cluster starts.
+    _fail_on_input_errors(driver.check_params, k, max_iter, tol, alpha_w, alpha_h, l1_ratio)
     _fail_on_input_errors(
         driver.input_matrix, input_, block_rows, array=array_name, dtype=dtype, **xr_opts
     )

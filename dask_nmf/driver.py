@@ -963,13 +963,19 @@ def factorize(
         if keep_in_memory:
             (Vin.array,) = runner.persist(Vin.array)
             Vin.zarr = None  # the iterations use the kept blocks, not the store
+    local_stats = None
+    if Vin.local is not None:
+        # V is here: check it before any of it is sent to a cluster.
+        local_stats = input_stats(Runner(None), block_sources(Vin))
+        check_stats(local_stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
     sources = runner.place(block_sources(Vin))
     # Re-read from a zarr store: every pass reads V's blocks inside its own tasks.
     reader = BlockReader(Vin.zarr, Vin.dtype) if Vin.zarr is not None else None
 
     try:
-        stats = input_stats(runner, sources, reader, Vin.bounds)  # validation and statistics
-        check_stats(stats)
+        # validation and statistics
+        stats = local_stats or input_stats(runner, sources, reader, Vin.bounds)
+        check_stats(stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
     except BaseException:
         runner.release_read_buffers()  # (on success, released when the fit ends)
         raise
@@ -1247,7 +1253,7 @@ def transform(
         raise InputError(f"V has {Vin.shape[1]} columns but the model has {n} features")
     sources = runner.place(block_sources(Vin))
     stats = input_stats(runner, sources)
-    check_stats(stats)
+    check_stats(stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
     l1, l2, _, _ = regularization(Vin.shape, alpha_W, 0.0, l1_ratio)
     w_start = float(np.sqrt(stats["sum"] / (Vin.shape[0] * n) / k))
     Hd = dask.delayed(H, name=f"nmf-H-{uuid.uuid4().hex}")

@@ -386,28 +386,33 @@ def kl_divergence(v_sum: float, vlogr: float, w_sum: np.ndarray, H: np.ndarray) 
 def block_stats(V) -> dict:
     """Statistics of one block for validation and set-up, in one read.
 
-    ``min``, ``finite`` (all finite), ``sum`` and ``sumsq`` (float64).  For a
-    sparse block they come from the stored values (and the implicit zeros).
+    ``min``, ``max`` (of the finite values), ``finite`` (all finite), ``sum`` and
+    ``sumsq`` (float64).  For a sparse block they come from the stored values
+    (and the implicit zeros).
     """
     V = as_block(V)
     if V.shape[0] * V.shape[1] == 0:
-        return {"min": np.inf, "finite": True, "sum": 0.0, "sumsq": 0.0}
+        return {"min": np.inf, "max": -np.inf, "finite": True, "sum": 0.0, "sumsq": 0.0}
     values = V.data if sp.issparse(V) else V
     finite = bool(np.isfinite(values).all())
     if values.size == 0:
-        vmin = 0.0
+        vmin = vmax = 0.0
     elif finite:
-        vmin = float(values.min())
+        vmin, vmax = float(values.min()), float(values.max())
     else:
         vmin = float(np.nanmin(np.where(np.isfinite(values), values, np.inf)))
+        vmax = float(np.nanmax(np.where(np.isfinite(values), values, -np.inf)))
     if sp.issparse(V) and V.nnz < V.shape[0] * V.shape[1]:
-        vmin = min(vmin, 0.0)
+        vmin, vmax = min(vmin, 0.0), max(vmax, 0.0)
     v64 = values.astype(np.float64, copy=False).ravel()
+    with np.errstate(over="ignore"):  # an inf sum of squares is reported, not warned of
+        sumsq = float(np.dot(v64, v64)) if finite else np.nan
     return {
         "min": vmin,
+        "max": vmax,
         "finite": finite,
         "sum": float(v64.sum()),
-        "sumsq": float(np.dot(v64, v64)) if finite else np.nan,
+        "sumsq": sumsq,
     }
 
 
@@ -415,6 +420,7 @@ def merge_stats(a: dict, b: dict) -> dict:
     """Combine two :func:`block_stats` results."""
     return {
         "min": min(a["min"], b["min"]),
+        "max": max(a.get("max", np.nan), b.get("max", np.nan)),
         "finite": a["finite"] and b["finite"],
         "sum": a["sum"] + b["sum"],
         "sumsq": a["sumsq"] + b["sumsq"],
