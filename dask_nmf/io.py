@@ -736,8 +736,8 @@ def check_stats(
     Given the ``dtype`` the fit computes in and V's ``shape`` (and the rank
     ``k``), also refuse a V that is all zeros or whose scale the dtype's
     arithmetic cannot carry: the updates form products of about
-    ``max(V)^1.5`` and sums of ``max(V)^2`` over a row or column, which must
-    neither overflow nor underflow (V ~ 1e300 in float64, V ~ 2**64 in
+    ``max(V)^1.5`` and sums of ``max(V)^2`` over a row or column (norms, the
+    NNDSVD's SVD), which must neither overflow nor underflow (V ~ 1e300 in float64, V ~ 2**64 in
     float32; V ~ 1e-300 gives W = H = 0).
     """
     if not stats["finite"]:
@@ -763,7 +763,7 @@ def check_stats(
             f"{name}'s values (up to {vmax:.3g}) are too large for {np.dtype(dtype).name} "
             f"arithmetic: sums of their squares overflow; {rescale}"
         )
-    if vmax**1.5 <= float(info.tiny) / float(info.eps):
+    if vmax * vmax <= float(info.tiny) / float(info.eps):  # squares (norms, SVD) underflow
         raise InputError(
             f"{name}'s values (at most {vmax:.3g}) are too small for {np.dtype(dtype).name} "
             f"arithmetic: the products of the updates underflow to zero; {rescale}"
