@@ -6,11 +6,20 @@ Kullback-Leibler costs, one pass over V per iteration, on a dask cluster.
 
 __version__ = "0.1.0"
 
-from .driver import ClusterError, factorize
+from .driver import ClusterError, FitError, factorize
 from .io import InputError
 from .persistence import NMFResult, load
 
-__all__ = ["factorize", "load", "NMFResult", "InputError", "ClusterError", "NMF", "__version__"]
+__all__ = [
+    "factorize",
+    "load",
+    "NMFResult",
+    "InputError",
+    "ClusterError",
+    "FitError",
+    "NMF",
+    "__version__",
+]
 
 
 def __getattr__(name):

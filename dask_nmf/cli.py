@@ -266,12 +266,12 @@ class _Interrupts:
 
 
 def _fail_on_input_errors(fn, *args, **kwargs):
-    from .driver import ClusterError
+    from .driver import ClusterError, FitError
     from .io import InputError
 
     try:
         return fn(*args, **kwargs)
-    except (InputError, ClusterError) as exc:
+    except (InputError, ClusterError, FitError) as exc:  # one line, never "converged"
         raise Abort(str(exc)) from None
     except FileNotFoundError as exc:
         raise Abort(str(exc)) from None
@@ -406,8 +406,9 @@ def fit(
             raise Abort(f"--alpha-h must be 'same' or a number; got {alpha_h!r}") from None
     if resume and overwrite:
         raise Abort("--resume and --overwrite contradict each other")
-    # Cheap checks of the store (exists, is an array) and of OUTPUT (absent or
-    # ours, not V) before any cluster starts.
+    # Cheap checks of the options, the store (exists, is an array) and OUTPUT
+    # (absent or ours, not V) before any cluster starts.
+    _fail_on_input_errors(driver.check_params, k, max_iter, tol, alpha_w, alpha_h, l1_ratio)
     _fail_on_input_errors(
         driver.input_matrix, input_, block_rows, array=array_name, dtype=dtype, **xr_opts
     )

@@ -83,6 +83,27 @@ class ClusterError(RuntimeError):
     """
 
 
+#: Below this fraction of ||V||^2 the Frobenius expansion ||V||^2 - 2<W^T V, H> +
+#: <W^T W, H H^T> has few digits left (its terms cancel; their rounding is
+#: ~eps * ||V||^2), so the pass from that state computes ||V - WH||^2 directly.
+#: By the compute dtype's item size: ~10 digits kept in float64, ~2 in float32 (a float32
+#: fit pays the extra product only once its relative error is below 1%).
+DIRECT_LOSS_BELOW = {8: 1e-6, 4: 1e-4}
+#: A rise of the cost beyond this fraction of its scale (0.5 ||V||^2 or sum V, or
+#: the starting cost if larger) is not rounding: MU never increases the cost.
+RISE_TOLERANCE = {8: 1e-8, 4: 1e-3}
+
+
+class FitError(RuntimeError):
+    """The fit broke down: the cost rose, or a loss or factor became NaN, inf or zero.
+
+    Multiplicative updates never increase their cost and keep finite, non-zero
+    factors finite and non-zero, so either V changed while the fit read it or
+    its scale is beyond what the dtype's arithmetic can carry.  The message
+    names the iteration, what was seen and what to do.
+    """
+
+
 # --------------------------------------------------------------------------
 # Parameter checks (all before any data is read)
 # --------------------------------------------------------------------------
@@ -121,12 +142,13 @@ def check_params(
         raise InputError(f"n_components must be a positive integer; got {n_components!r}")
     if not _is_int(max_iter) or max_iter < 1:
         raise InputError(f"max_iter must be a positive integer; got {max_iter!r}")
-    if not _is_real(tol) or not tol >= 0:
-        raise InputError(f"tol must be a number >= 0; got {tol!r}")
-    if not _is_real(alpha_W) or not alpha_W >= 0:
-        raise InputError(f"alpha_W must be a number >= 0; got {alpha_W!r}")
-    if not (alpha_H == "same" or (_is_real(alpha_H) and alpha_H >= 0)):
-        raise InputError(f"alpha_H must be 'same' or a number >= 0; got {alpha_H!r}")
+    # (NaN fails every comparison; inf would turn the factors into NaN or zeros.)
+    if not _is_real(tol) or not 0 <= tol < math.inf:
+        raise InputError(f"tol must be a finite number >= 0; got {tol!r}")
+    if not _is_real(alpha_W) or not 0 <= alpha_W < math.inf:
+        raise InputError(f"alpha_W must be a finite number >= 0; got {alpha_W!r}")
+    if not (alpha_H == "same" or (_is_real(alpha_H) and 0 <= alpha_H < math.inf)):
+        raise InputError(f"alpha_H must be 'same' or a finite number >= 0; got {alpha_H!r}")
     if not _is_real(l1_ratio) or not 0 <= l1_ratio <= 1:
         raise InputError(f"l1_ratio must be a number in [0, 1]; got {l1_ratio!r}")
 
@@ -644,6 +666,7 @@ class _Fit:
         self.beta, self.k = beta, k
         self.l1_W, self.l2_W, self.l1_H, self.l2_H = reg
         self.norm_v2, self.v_sum = norm_v2, v_sum
+        self.direct_below = DIRECT_LOSS_BELOW.get(V.dtype.itemsize, DIRECT_LOSS_BELOW[4])
         self.token = uuid.uuid4().hex[:8]
         self.graph_tasks: list[int] = []
         # The iteration graph is a plain dict: building it through dask.delayed
@@ -671,7 +694,12 @@ class _Fit:
 
     def launch(self, W: list, state: Any, t: int, first: bool, with_loss: bool) -> _Pass:
         """Start MU pass t from state t: W's blocks and ``state``, H or a handle of
-        ``(H, H H^T)`` from the previous pass.
+        the previous pass's state (see :func:`_state`).
+
+        ``first``: state t is given as H and its loss is not known yet (the
+        start, a checkpoint or resume whose loss was deferred), so a Frobenius
+        pass computes it directly.  From a previous pass's state, the state
+        itself says whether its loss needs that (decided on the cluster).
 
         Everything, the H update included, is one graph, so on a cluster the
         next pass can be submitted before this one finishes: no round trip
@@ -683,15 +711,26 @@ class _Fit:
         if isinstance(state, tuple):  # a computed state (local scheduler): start from its H
             state = state[0]
         if _in_memory(state):
-            dsk[f"nmf-state-{tag}"] = (_state, self.beta, state)
+            dsk[f"nmf-state-{tag}"] = (_state, self.beta, state, first and self.beta == 2)
             state = f"nmf-state-{tag}"
         h = (operator.getitem, state, 0)  # taken apart inside the tasks that use it
         hht = (operator.getitem, state, 1)
+        direct = (operator.getitem, state, 2)
         w_keys, steps = [], []
         for i, (v, w) in enumerate(zip(self.source_refs, W)):
             w = _graph_ref(w, f"nmf-W-{tag}-{i}", dsk, self.runner.client)
             if self.beta == 2:
-                task = (kernels.frobenius_block_step, v, w, h, hht, self.l1_W, self.l2_W, first)
+                task = (
+                    kernels.frobenius_block_step,
+                    v,
+                    w,
+                    h,
+                    hht,
+                    self.l1_W,
+                    self.l2_W,
+                    False,
+                    direct,
+                )
             else:
                 task = (kernels.kl_block_step, v, w, h, self.l1_W, self.l2_W, with_loss)
             steps.append(f"nmf-step-{tag}-{i}")
@@ -707,7 +746,16 @@ class _Fit:
             dsk[firsts[-1]] = (_sum_of_steps, steps[j : j + SPLIT_EVERY])
         total = _tree_reduce_keys(dsk, firsts, kernels.sum_partials, f"nmf-sum-{tag}")
         state_next = f"nmf-state-{tag}-next"
-        dsk[state_next] = (_next_state, self.beta, state, total, self.l1_H, self.l2_H)
+        dsk[state_next] = (
+            _next_state,
+            self.beta,
+            state,
+            total,
+            self.l1_H,
+            self.l2_H,
+            self.norm_v2,
+            self.direct_below,
+        )
         losses = f"nmf-losses-{tag}"
         dsk[losses] = (
             _pass_losses,
@@ -717,8 +765,8 @@ class _Fit:
             state,
             state_next,
             total,
-            first,
             with_loss,
+            (self.l1_W, self.l2_W, self.l1_H, self.l2_H),
         )
         self.graph_tasks.append(len(dsk))
         owners = BlockOwners(f"nmf-step-{tag}-", self.owners) if self.owners else None
@@ -729,12 +777,14 @@ class _Fit:
         """The loss at (W, H) by a separate pass (needed only at the very end for KL)."""
         Wd = [_delayed(w) for w in W]
         if self.beta == 2:
+            # Needed only where the loss was deferred, i.e. where the expansion
+            # has no digits left: computed directly.
             parts = [
-                dask.delayed(kernels.frobenius_loss_terms, pure=False)(v, w)
+                dask.delayed(kernels.residual_sumsq, pure=False)(v, w, H)
                 for v, w in zip(self.sources, Wd)
             ]
-            (s,) = self.runner.compute(tree_reduce(parts, kernels.sum_partials))
-            return kernels.frobenius_loss(self.norm_v2, s["A0"], s["B0"], H)
+            (r,) = self.runner.compute(tree_reduce(parts, sum))
+            return 0.5 * r
         parts = [
             dask.delayed(kernels.kl_loss_terms, pure=False)(v, w, H)
             for v, w in zip(self.sources, Wd)
@@ -757,16 +807,41 @@ class _Pass:
         return [*self.W, self.state, self.losses]
 
 
-def _state(beta: int, H: np.ndarray) -> tuple:
-    """What a pass needs of H: H, and H H^T for the Frobenius W update."""
-    return H, (H @ H.T if beta == 2 else None)
+def _state(beta: int, H: np.ndarray, direct: bool = False, loss: float = math.nan) -> tuple:
+    """What a pass needs of a state: ``(H, H H^T, direct, loss)``.
+
+    ``H H^T`` is for the Frobenius W update; ``direct`` says the pass from this
+    state computes its Frobenius loss ``||V - WH||^2`` directly (the expansion
+    of ``loss`` has no digits left, or the loss is not known yet).
+    """
+    return H, (H @ H.T if beta == 2 else None), bool(direct), loss
 
 
-def _next_state(beta: int, state: tuple, s: dict, l1: float, l2: float) -> tuple:
+def _next_state(
+    beta: int,
+    state: tuple,
+    s: dict,
+    l1: float,
+    l2: float,
+    norm_v2: float = 0.0,
+    direct_below: float = 0.0,
+) -> tuple:
     H = state[0]
     if beta == 2:
-        return _state(beta, kernels.frobenius_h_update(H, s["A"], s["B"], l1, l2))
+        nxt = _state(beta, kernels.frobenius_h_update(H, s["A"], s["B"], l1, l2))
+        # The expansion's value decides, here on the cluster, whether the next
+        # pass (perhaps already submitted) computes this state's loss directly.
+        loss = _expansion_loss(norm_v2, s["A"], s["B"], nxt[0], nxt[1])
+        direct = not 2 * loss >= direct_below * norm_v2  # (NaN: direct too)
+        return nxt[0], nxt[1], direct, loss
     return _state(beta, kernels.kl_h_update(H, s["A"], s["w_sum"], l1, l2))
+
+
+def _expansion_loss(norm_v2: float, A: np.ndarray, B: np.ndarray, H, HHt) -> float:
+    """:func:`kernels.frobenius_loss` reusing the state's ``H H^T``."""
+    A64, B64 = np.asarray(A, np.float64), np.asarray(B, np.float64)
+    sq = norm_v2 - 2.0 * float(np.vdot(A64, H)) + float(np.vdot(B64, HHt))
+    return 0.5 * sq if not sq < 0 else 0.0
 
 
 def _sum_of_steps(steps: list) -> dict:
@@ -774,14 +849,114 @@ def _sum_of_steps(steps: list) -> dict:
     return kernels.sum_partials([step[1] for step in steps])
 
 
-def _pass_losses(beta, norm_v2, v_sum, state, state_next, s, first, with_loss) -> tuple:
-    """The losses a pass knows from its partial sums (see :class:`_Pass`)."""
+def _penalty(reg: tuple, w_sum: Any, w_sq: float, H: np.ndarray, of_W: bool = True) -> float:
+    """The regularization terms of the cost MU decreases (scikit-learn's objective):
+    ``l1_W sum W + l2_W / 2 ||W||^2 + l1_H sum H + l2_H / 2 ||H||^2``."""
+    l1_W, l2_W, l1_H, l2_H = reg
+    H64 = np.asarray(H, np.float64)
+    out = l1_H * float(H64.sum()) + 0.5 * l2_H * float(np.vdot(H64, H64))
+    return out + l1_W * float(np.sum(w_sum)) + 0.5 * l2_W * w_sq
+
+
+def _pass_losses(beta, norm_v2, v_sum, state, state_next, s, with_loss, reg=(0, 0, 0, 0)):
+    """What the client learns of a pass (see :class:`_Pass`).
+
+    ``(before, after, penalty_before, penalty_after, problem)``: the losses of
+    the state the pass started from and of the one it produced (NaN where not
+    computed here), their regularization terms, and what broke, or None:
+    ``(0 or 1, text)``, 0 for the state the pass started from, 1 for the one
+    it produced (a non-finite loss, H non-finite or all zero, V changed).
+    """
     H, H_next = state[0], state_next[0]
     if beta == 2:
-        before = kernels.frobenius_loss(norm_v2, s["A0"], s["B0"], H) if first else math.nan
-        return before, kernels.frobenius_loss(norm_v2, s["A"], s["B"], H_next)
-    before = kernels.kl_divergence(v_sum, s["vlogr"], s["w0_sum"], H) if with_loss else math.nan
-    return before, math.nan
+        before = 0.5 * s["r0"] if state[2] else math.nan
+        expansion = state_next[3]
+        after = math.nan if state_next[2] else expansion  # deferred: the next pass has it
+        pen_before = _penalty(reg, s["w0_sum"], s["w0_sq"], H)
+    else:
+        before = math.nan
+        pen_before = math.nan
+        expansion = 0.0
+        if with_loss:
+            # The sum of V as this pass read it: the divergence from that V.
+            before = kernels.kl_divergence(s["v_sum"], s["vlogr"], s["w0_sum"], H)
+            pen_before = _penalty(reg, s["w0_sum"], s["w0_sq"], H)
+        after = math.nan
+    pen_after = _penalty(reg, s["w_sum"], s["w_sq"], H_next)
+    problem = None
+    computed = (beta == 2 and state[2]) or (beta == 1 and with_loss)
+    if computed and not math.isfinite(before):
+        problem = (0, f"the loss became {before}")
+    elif beta == 1 and with_loss and abs(s["v_sum"] - v_sum) > 1e-8 * abs(v_sum):
+        problem = (
+            0,
+            f"V changed while the fit read it: its sum is now {s['v_sum']:.9g}, "
+            f"{v_sum:.9g} when the fit started",
+        )
+    elif not math.isfinite(expansion):
+        problem = (1, f"the loss became {expansion}")
+    elif not np.isfinite(H_next).all():
+        problem = (1, "H has NaN or infinite entries")
+    elif not H_next.any():
+        problem = (1, "H is all zeros")
+    return before, after, pen_before, pen_after, problem
+
+
+class _CostWatch:
+    """Stops a fit whose cost rises or whose loss or factors break down.
+
+    Lee & Seung's updates (with scikit-learn's regularization) never increase
+    the regularized cost, so a rise beyond rounding means V changed under the
+    fit or its arithmetic failed; either way the result would be nonsense.
+    """
+
+    def __init__(self, beta: int, dtype: np.dtype, stats: dict, alpha_W: Any, alpha_H: Any):
+        self.dtype = np.dtype(dtype)
+        self.alpha_W, self.alpha_H = alpha_W, alpha_H
+        #: The loss's rounding scales with ||V||^2 (Frobenius) or sum V (KL).
+        self.scale = 0.5 * stats["sumsq"] if beta == 2 else stats["sum"]
+        self.rtol = RISE_TOLERANCE.get(self.dtype.itemsize, RISE_TOLERANCE[4])
+        self.penalties: dict[int, float] = {}  # regularization terms by iteration
+        self.last: tuple[int, float] | None = None  # the last known cost
+        self.first = 0.0
+
+    def check(self, s: int, loss: float) -> None:
+        if math.isnan(loss):
+            return  # (a KL loss not evaluated; a broken one is the pass's problem)
+        if not math.isfinite(loss):
+            self.fail(s, f"the loss became {loss}")
+        cost = loss + self.penalties.get(s, 0.0)
+        if self.last is None:
+            self.first = cost
+        else:
+            p, previous = self.last
+            slack = self.rtol * max(self.scale, self.first)
+            if cost > previous + slack:
+                raise FitError(
+                    f"the cost rose from {previous:.9g} (iteration {p}) to {cost:.9g} "
+                    f"(iteration {s}); multiplicative updates never increase it, so V "
+                    "changed while the fit read it (a chunk deleted or rewritten: V is "
+                    "re-read every pass unless kept in memory) or the arithmetic lost its "
+                    f"precision (V's values too large or too small for {self.dtype.name}: "
+                    "rescale V, or use float64)"
+                )
+        self.last = (s, cost)
+
+    def fail(self, s: int, what: str) -> None:
+        if what.startswith("V changed"):
+            advice = "V must not change during a fit (keep_in_memory=True reads it once)"
+        else:
+            advice = (
+                f"V's values may be too large or too small for {self.dtype.name} "
+                "arithmetic: rescale V (e.g. divide it by its maximum) or use float64"
+            )
+            regularized = self.alpha_W > 0 or (self.alpha_H != "same" and self.alpha_H > 0)
+            if what.endswith("zeros") and regularized:
+                advice += (
+                    f", or lower the regularization (alpha_W={self.alpha_W}, "
+                    f"alpha_H={self.alpha_H}), strong enough to zero the factors"
+                )
+        raise FitError(f"the fit broke down at iteration {s}: {what}; {advice}")
 
 
 def _value_of_H(runner: Runner, H: Any) -> np.ndarray:
@@ -1027,13 +1202,19 @@ def factorize(
             if keep_in_memory:
                 (Vin.array,) = runner.persist(Vin.array)
                 Vin.zarr = None  # the iterations use the kept blocks, not the store
+        local_stats = None
+        if Vin.local is not None:
+            # V is here: check it before any of it is sent to a cluster.
+            local_stats = input_stats(Runner(None), block_sources(Vin))
+            check_stats(local_stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
         sources = runner.place(block_sources(Vin))
         # Re-read from a zarr store: every pass reads V's blocks inside its own tasks.
         reader = BlockReader(Vin.zarr, Vin.dtype) if Vin.zarr is not None else None
 
         try:
-            stats = input_stats(runner, sources, reader, Vin.bounds)  # validation and statistics
-            check_stats(stats)
+            # validation and statistics
+            stats = local_stats or input_stats(runner, sources, reader, Vin.bounds)
+            check_stats(stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
             fingerprint = _fingerprint(stats, V_places)
             if resume_meta is not None:
                 _check_fingerprint(resume_meta, fingerprint)
@@ -1138,12 +1319,21 @@ def factorize(
             # State 0 at once: an interrupted run is resumable from the start.
             W_h = save(W_h, H, 0, losses, False, False)
         converged = False
-        t_begin, known = t, len(losses)  # on resume, losses may include state t's
+        known = len(losses)  # on resume, losses may include state t's
+        watch = _CostWatch(beta, Vin.dtype, stats, alpha_W, alpha_H)
 
         def launch(W_h, H, s: int) -> _Pass:
-            first = s == t_begin and known == 0  # the start's loss comes from pass 0
+            # State s's loss is unknown (the start, or deferred past a checkpoint):
+            # the pass from it computes it (used where H is given as an array).
+            first = s >= len(losses)
             with_loss = beta == 2 or (s >= known and loss_wanted(s))
             return fit.launch(W_h, H, s, first, with_loss)
+
+        def record(s: int, loss: float) -> None:
+            losses.append(loss)
+            watch.check(s, loss)
+            if s > 0:
+                report(s, loss)
 
         def may_run_ahead(s: int) -> bool:
             # Pass s may start before pass s - 1's losses are in, except from a
@@ -1158,23 +1348,23 @@ def factorize(
         pending = launch(W_h, H, t) if t < max_iter else None
         while pending is not None:
             ahead = launch(pending.W, pending.state, t + 1) if may_run_ahead(t + 1) else None
-            before, after = runner.value(pending.losses)
-            if beta == 2:
-                if len(losses) == t:  # the first pass of a fresh run
-                    losses.append(before)
+            before, after, pen_before, pen_after, problem = runner.value(pending.losses)
+            watch.penalties[t], watch.penalties[t + 1] = pen_before, pen_after
+            if problem is not None and problem[0] == 0:
+                watch.fail(t, problem[1])
+            if len(losses) == t:
+                # The pass returns the loss of the state it started from: KL's (NaN
+                # where loss_every skips it), Frobenius's at the start and wherever
+                # the expansion had no digits left (deferred from the pass before).
+                record(t, before)
+                converged = _converged(losses, t, tol)
+            if not converged:  # else state t is the answer; the pass is dropped
+                if problem is not None:
+                    watch.fail(t + 1, problem[1])
                 W_h, H, t = pending.W, pending.state, t + 1
-                losses.append(after)
-                report(t, losses[t])
-                converged = _converged(losses, t, tol)
-            else:
-                # The KL pass returns the loss of the state it started from.
-                if len(losses) == t:
-                    losses.append(before)  # NaN where loss_every skips it
-                    if t > 0:
-                        report(t, losses[t])
-                converged = _converged(losses, t, tol)
-                if not converged:  # else state t is the answer; the pass is dropped
-                    W_h, H, t = pending.W, pending.state, t + 1
+                if not math.isnan(after):  # a Frobenius loss with its digits
+                    record(t, after)
+                    converged = _converged(losses, t, tol)
             pending = ahead
             if converged or t >= max_iter:
                 break
@@ -1186,9 +1376,8 @@ def factorize(
         if pending is not None:  # run ahead past the answer
             runner.cancel(pending.handles())
         H = _value_of_H(runner, H)
-        if len(losses) == t:  # the KL loss of the final state is still unknown
-            losses.append(fit.loss_only(W_h, H))
-            report(t, losses[t])
+        if len(losses) == t:  # the loss of the final state is still unknown
+            record(t, fit.loss_only(W_h, H))
             converged = converged or _converged(losses, t, tol)
         if checkpoint is not None:
             W_h = save(W_h, H, t, losses, converged, True)
@@ -1383,7 +1572,7 @@ def transform(
         raise InputError(f"V has {Vin.shape[1]} columns but the model has {n} features")
     sources = runner.place(block_sources(Vin))
     stats = input_stats(runner, sources)
-    check_stats(stats)
+    check_stats(stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
     l1, l2, _, _ = regularization(Vin.shape, alpha_W, 0.0, l1_ratio)
     w_start = float(np.sqrt(stats["sum"] / (Vin.shape[0] * n) / k))
     Hd = dask.delayed(H, name=f"nmf-H-{uuid.uuid4().hex}")

@@ -145,6 +145,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             W = H = None
         Vin = driver.input_matrix(X, self.block_rows)
         k = self._rank(Vin.shape[1], W, H)
+        # The options are checked before V is validated or sent anywhere.
+        driver.check_params(k, self.max_iter, self.tol, self.alpha_W, self.alpha_H, self.l1_ratio)
         res = driver.factorize(
             X,
             k,

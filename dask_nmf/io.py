@@ -8,6 +8,7 @@ never loaded whole and never written.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -242,8 +243,7 @@ def _csr_group(node: zarr.Group, path: Any, group: str, storage_options) -> Zarr
         shape = tuple(int(x) for x in node.attrs["shape"])
     except (KeyError, TypeError, ValueError):
         raise InputError(
-            f"{where} has no valid shape attribute (two integers); got "
-            f"{node.attrs.get('shape')!r}"
+            f"{where} has no valid shape attribute (two integers); got {node.attrs.get('shape')!r}"
         ) from None
     if len(shape) != 2 or min(shape) < 0:
         raise InputError(f"{where} has shape attribute {list(shape)}; expected [rows, columns]")
@@ -930,13 +930,50 @@ def _csr_rows(X, start: int, stop: int):
     return out
 
 
-def check_stats(stats: dict, name: str = "V") -> None:
-    """Raise :class:`InputError` if the statistics show NaN/inf or negative values."""
+def check_stats(
+    stats: dict,
+    name: str = "V",
+    *,
+    dtype: Any = None,
+    shape: tuple[int, int] | None = None,
+    k: int = 1,
+) -> None:
+    """Raise :class:`InputError` if the statistics show NaN/inf or negative values.
+
+    Given the ``dtype`` the fit computes in and V's ``shape`` (and the rank
+    ``k``), also refuse a V that is all zeros or whose scale the dtype's
+    arithmetic cannot carry: the updates form products of about
+    ``max(V)^1.5`` and sums of ``max(V)^2`` over a row or column (norms, the
+    NNDSVD's SVD), which must neither overflow nor underflow (V ~ 1e300 in float64, V ~ 2**64 in
+    float32; V ~ 1e-300 gives W = H = 0).
+    """
     if not stats["finite"]:
         raise InputError(f"{name} contains NaN or infinite values; NMF needs finite entries")
     if stats["min"] < 0:
         raise InputError(
             f"{name} contains negative values (minimum {stats['min']:.6g}); NMF needs V >= 0"
+        )
+    if dtype is None or shape is None:
+        return
+    info = np.finfo(dtype)
+    vmax = float(stats.get("max", math.nan))
+    if stats["sum"] == 0 or vmax == 0:
+        raise InputError(f"{name} is all zeros; there is nothing to factorize")
+    rescale = f"rescale {name} (e.g. divide it by its maximum, {vmax:.3g})"
+    too_large = (
+        not math.isfinite(stats["sum"])
+        or not math.isfinite(stats["sumsq"])
+        or vmax * vmax * max(shape) * k >= float(info.max) / 16
+    )
+    if too_large:
+        raise InputError(
+            f"{name}'s values (up to {vmax:.3g}) are too large for {np.dtype(dtype).name} "
+            f"arithmetic: sums of their squares overflow; {rescale}"
+        )
+    if vmax * vmax <= float(info.tiny) / float(info.eps):  # squares (norms, SVD) underflow
+        raise InputError(
+            f"{name}'s values (at most {vmax:.3g}) are too small for {np.dtype(dtype).name} "
+            f"arithmetic: the products of the updates underflow to zero; {rescale}"
         )
 
 

@@ -172,13 +172,18 @@ def frobenius_block_step(
     l1: float = 0.0,
     l2: float = 0.0,
     initial_loss: bool = False,
+    residual: bool = False,
 ) -> tuple[np.ndarray, dict]:
     """Update a W block and emit the Frobenius partial sums of the H update.
 
     Returns ``(W', partials)`` with ``partials["A"] = W'^T V`` (k x n) and
-    ``partials["B"] = W'^T W'`` (k x k).  With ``initial_loss`` the same sums of
-    the *incoming* W (``"A0"``, ``"B0"``) are added, from which the driver gets
-    the loss at the starting point without another pass over V.
+    ``partials["B"] = W'^T W'`` (k x k), and the column sums and sums of squares
+    of W' and of the incoming W (``"w_sum"``, ``"w_sq"``, ``"w0_sum"``,
+    ``"w0_sq"``: the regularization terms of the cost).  With ``initial_loss``
+    the sums ``W^T V`` and ``W^T W`` of the *incoming* W (``"A0"``, ``"B0"``) are
+    added.  With ``residual``, ``"r0" = ||V - W H||^2`` of the incoming state is
+    computed directly (one more m_i x n x k product): near an exact fit the
+    expansion ``||V||^2 - 2 <A, H> + <B, H H^T>`` cancels to rounding noise.
     """
     V = as_block(V)
     k, n = H.shape
@@ -191,8 +196,15 @@ def frobenius_block_step(
     if initial_loss:
         A0 = np.zeros((k, n), dtype=W.dtype)
         B0 = np.zeros((k, k), dtype=W.dtype)
-    for rows in _sub_blocks(V.shape[0], _row_bytes(V)):
+    r0 = 0.0
+    row_bytes = _row_bytes(V)
+    residual_buf = None
+    if residual:
+        residual_buf = np.empty((min(_sub_step(row_bytes), V.shape[0]), n), np.result_type(W, H))
+    for rows in _sub_blocks(V.shape[0], row_bytes):
         Vs, Ws = V[rows], W[rows]
+        if residual:  # while Vs is in cache
+            r0 += _residual_sumsq(Vs, Ws, H, residual_buf[: Ws.shape[0]])
         Wn = frobenius_w_update(Vs, Ws, H, HHt, l1, l2)
         W_new[rows] = Wn
         A += _product(Wn.T, Vs, product)
@@ -200,10 +212,53 @@ def frobenius_block_step(
         if initial_loss:
             A0 += _product(Ws.T, Vs, product)
             B0 += Ws.T @ Ws
-    partials = {"A": A, "B": B}
+    partials = {"A": A, "B": B, **_w_terms(W_new, W)}
     if initial_loss:
         partials.update(A0=A0, B0=B0)
+    if residual:
+        partials["r0"] = r0
     return W_new, partials
+
+
+def _w_terms(W_new: np.ndarray, W: np.ndarray | None) -> dict:
+    """Column sums and sum of squares of W' (and of W): the penalties of the cost."""
+    out = {
+        "w_sum": W_new.sum(axis=0, dtype=np.float64),
+        "w_sq": float(np.vdot(W_new, W_new)),
+    }
+    if W is not None:
+        out.update(w0_sum=W.sum(axis=0, dtype=np.float64), w0_sq=float(np.vdot(W, W)))
+    return out
+
+
+def _residual_sumsq(V, W: np.ndarray, H: np.ndarray, out: np.ndarray | None = None) -> float:
+    """``||V - W H||^2`` computed entry by entry (in float64 sums), never densifying V.
+
+    For a sparse V the product W H of the sub-block is formed densely (cost
+    m_i x n x k, as for a dense V) and V's stored values are subtracted from it.
+    """
+    R = np.matmul(W, H, out=out) if out is not None else W @ H
+    if sp.issparse(V):
+        if not V.has_canonical_format:
+            V = V.copy()
+            V.sum_duplicates()
+        rows = np.repeat(np.arange(V.shape[0]), np.diff(V.indptr))
+        R[rows, V.indices] -= V.data
+    else:
+        np.subtract(R, V, out=R)
+    flat = R.ravel()
+    if flat.dtype != np.float64:
+        return float(np.dot(flat.astype(np.float64), flat.astype(np.float64)))
+    return float(np.dot(flat, flat))
+
+
+def residual_sumsq(V, W: np.ndarray, H: np.ndarray) -> float:
+    """``||V - W H||^2`` of one block, computed directly, sub-block by sub-block."""
+    V = as_block(V)
+    total = 0.0
+    for rows in _sub_blocks(V.shape[0], max(_row_bytes(V), H.shape[1] * H.dtype.itemsize)):
+        total += _residual_sumsq(V[rows], W[rows], H)
+    return total
 
 
 def kl_block_step(
@@ -217,9 +272,10 @@ def kl_block_step(
     """Update a W block and emit the KL partial sums of the H update.
 
     Returns ``(W', partials)`` with ``partials["A"] = W'^T (V / W'H)`` (k x n),
-    ``partials["w_sum"]`` the column sums of W', and, if ``with_loss``, the
-    loss terms of the *incoming* state (W, H): ``"vlogr"`` = sum V log(V / WH),
-    ``"w0_sum"`` the column sums of W.  The KL update needs V / WH anyway, so
+    ``partials["w_sum"]`` the column sums of W', ``"w_sq"`` its sum of squares,
+    and, if ``with_loss``, the loss terms of the *incoming* state (W, H):
+    ``"vlogr"`` = sum V log(V / WH), ``"v_sum"`` = sum V (as read by this step),
+    ``"w0_sum"``, ``"w0_sq"`` the column sums and sum of squares of W.  The KL update needs V / WH anyway, so
     the loss of the state this step starts from needs no extra product, but
     its logarithm per entry costs about as much as the update itself.
     """
@@ -229,7 +285,7 @@ def kl_block_step(
     W_new = np.empty_like(W)
     A = np.zeros((k, n), dtype=W.dtype)
     product = np.empty((k, n), dtype=A.dtype)
-    vlogr = 0.0
+    vlogr = v_sum = 0.0
     row_bytes = _row_bytes(V, k)
     ratio_buf = log_buf = None
     if not sp.issparse(V):  # two sub-block buffers, reused
@@ -242,12 +298,15 @@ def kl_block_step(
         ratio = _kl_ratio(Vs, Ws, H, out=None if ratio_buf is None else ratio_buf[:size])
         if with_loss:
             vlogr += _vlogr(Vs, ratio, out=None if log_buf is None else log_buf[:size])
+            # V's sum as read now: the loss is then that of the V this pass saw
+            # (a chunk lost since the validation pass shows as a rise).
+            v_sum += float(Vs.sum(dtype=np.float64))
         Wn = kl_w_update(Vs, Ws, H, H_sum, l1, l2, ratio=ratio)
         W_new[rows] = Wn
         A += _product(Wn.T, _kl_ratio(Vs, Wn, H, out=ratio), product)
-    partials = {"A": A, "w_sum": W_new.sum(axis=0)}
+    partials = {"A": A, **_w_terms(W_new, W if with_loss else None)}
     if with_loss:
-        partials.update(vlogr=vlogr, w0_sum=W.sum(axis=0, dtype=np.float64))
+        partials.update(vlogr=vlogr, v_sum=v_sum)
     return W_new, partials
 
 
@@ -327,28 +386,33 @@ def kl_divergence(v_sum: float, vlogr: float, w_sum: np.ndarray, H: np.ndarray) 
 def block_stats(V) -> dict:
     """Statistics of one block for validation and set-up, in one read.
 
-    ``min``, ``finite`` (all finite), ``sum`` and ``sumsq`` (float64).  For a
-    sparse block they come from the stored values (and the implicit zeros).
+    ``min``, ``max`` (of the finite values), ``finite`` (all finite), ``sum`` and
+    ``sumsq`` (float64).  For a sparse block they come from the stored values
+    (and the implicit zeros).
     """
     V = as_block(V)
     if V.shape[0] * V.shape[1] == 0:
-        return {"min": np.inf, "finite": True, "sum": 0.0, "sumsq": 0.0}
+        return {"min": np.inf, "max": -np.inf, "finite": True, "sum": 0.0, "sumsq": 0.0}
     values = V.data if sp.issparse(V) else V
     finite = bool(np.isfinite(values).all())
     if values.size == 0:
-        vmin = 0.0
+        vmin = vmax = 0.0
     elif finite:
-        vmin = float(values.min())
+        vmin, vmax = float(values.min()), float(values.max())
     else:
         vmin = float(np.nanmin(np.where(np.isfinite(values), values, np.inf)))
+        vmax = float(np.nanmax(np.where(np.isfinite(values), values, -np.inf)))
     if sp.issparse(V) and V.nnz < V.shape[0] * V.shape[1]:
-        vmin = min(vmin, 0.0)
+        vmin, vmax = min(vmin, 0.0), max(vmax, 0.0)
     v64 = values.astype(np.float64, copy=False).ravel()
+    with np.errstate(over="ignore"):  # an inf sum of squares is reported, not warned of
+        sumsq = float(np.dot(v64, v64)) if finite else np.nan
     return {
         "min": vmin,
+        "max": vmax,
         "finite": finite,
         "sum": float(v64.sum()),
-        "sumsq": float(np.dot(v64, v64)) if finite else np.nan,
+        "sumsq": sumsq,
     }
 
 
@@ -356,6 +420,7 @@ def merge_stats(a: dict, b: dict) -> dict:
     """Combine two :func:`block_stats` results."""
     return {
         "min": min(a["min"], b["min"]),
+        "max": max(a.get("max", np.nan), b.get("max", np.nan)),
         "finite": a["finite"] and b["finite"],
         "sum": a["sum"] + b["sum"],
         "sumsq": a["sumsq"] + b["sumsq"],

@@ -147,7 +147,7 @@ def test_transform_block_stops_on_its_own_tolerance(rng):
 def test_block_stats():
     V = np.array([[1.0, 2.0], [0.0, 3.0]])
     s = kernels.merge_stats(kernels.block_stats(V[:1]), kernels.block_stats(V[1:]))
-    assert s == {"min": 0.0, "finite": True, "sum": 6.0, "sumsq": 14.0}
+    assert s == {"min": 0.0, "max": 3.0, "finite": True, "sum": 6.0, "sumsq": 14.0}
     bad = V.copy()
     bad[1, 0] = np.nan
     assert kernels.block_stats(bad)["finite"] is False
