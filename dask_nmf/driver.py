@@ -55,10 +55,8 @@ from .io import (
     release_read_buffers,
 )
 from .persistence import NMFResult
+from .solvers import Regularization, Solver, solver_class
 
-#: Accepted spellings of the two costs, mapped to the beta of the beta-divergence.
-BETA_LOSSES = {"frobenius": 2, "kullback-leibler": 1, 2: 2, 1: 1}
-BETA_NAMES = {2: "frobenius", 1: "kullback-leibler"}
 #: On a cluster, a row block is at most this fraction of a worker thread's memory limit ...
 BLOCK_MEMORY_FRACTION = 1 / 8
 #: ... or this one when V is not a dense zarr store (see :meth:`Runner.block_size_limit`).
@@ -83,12 +81,6 @@ class ClusterError(RuntimeError):
     """
 
 
-#: Below this fraction of ||V||^2 the Frobenius expansion ||V||^2 - 2<W^T V, H> +
-#: <W^T W, H H^T> has few digits left (its terms cancel; their rounding is
-#: ~eps * ||V||^2), so the pass from that state computes ||V - WH||^2 directly.
-#: By the compute dtype's item size: ~10 digits kept in float64, ~2 in float32 (a float32
-#: fit pays the extra product only once its relative error is below 1%).
-DIRECT_LOSS_BELOW = {8: 1e-6, 4: 1e-4}
 #: A rise of the cost beyond this fraction of its scale (0.5 ||V||^2 or sum V, or
 #: the starting cost if larger) is not rounding: MU never increases the cost.
 RISE_TOLERANCE = {8: 1e-8, 4: 1e-3}
@@ -107,19 +99,6 @@ class FitError(RuntimeError):
 # --------------------------------------------------------------------------
 # Parameter checks (all before any data is read)
 # --------------------------------------------------------------------------
-def check_beta_loss(beta_loss: Any) -> int:
-    """Map a ``beta_loss`` value to 2 (Frobenius) or 1 (KL), or raise."""
-    key = beta_loss
-    if isinstance(beta_loss, (int, float, np.number)) and not isinstance(beta_loss, bool):
-        key = int(beta_loss) if float(beta_loss) in (1.0, 2.0) else beta_loss
-    if isinstance(key, str) or isinstance(key, int):
-        if key in BETA_LOSSES:
-            return BETA_LOSSES[key]
-    raise InputError(
-        f"unknown beta_loss {beta_loss!r}; choose 'frobenius' (2) or 'kullback-leibler' (1)"
-    )
-
-
 def _is_int(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
@@ -661,12 +640,9 @@ def _stats_of_rows(reader: BlockReader, start: int, stop: int) -> dict:
 class _Fit:
     """State of one factorization: handles of V and W, H, the loss history."""
 
-    def __init__(self, runner, V: InputMatrix, sources, reader, beta, k, reg, norm_v2, v_sum):
+    def __init__(self, runner, V: InputMatrix, sources, reader, solver: Solver):
         self.runner, self.V, self.sources = runner, V, [_delayed(s) for s in sources]
-        self.beta, self.k = beta, k
-        self.l1_W, self.l2_W, self.l1_H, self.l2_H = reg
-        self.norm_v2, self.v_sum = norm_v2, v_sum
-        self.direct_below = DIRECT_LOSS_BELOW.get(V.dtype.itemsize, DIRECT_LOSS_BELOW[4])
+        self.solver = solver
         self.token = uuid.uuid4().hex[:8]
         self.graph_tasks: list[int] = []
         # The iteration graph is a plain dict: building it through dask.delayed
@@ -693,13 +669,13 @@ class _Fit:
         self.may_run_ahead = all(_in_memory(v) for v in self.source_graph.values())
 
     def launch(self, W: list, state: Any, t: int, first: bool, with_loss: bool) -> _Pass:
-        """Start MU pass t from state t: W's blocks and ``state``, H or a handle of
-        the previous pass's state (see :func:`_state`).
+        """Start pass t from state t: W's blocks and ``state``, H or a handle of
+        the previous pass's state (see :class:`~dask_nmf.solvers.base.Solver`).
 
         ``first``: state t is given as H and its loss is not known yet (the
-        start, a checkpoint or resume whose loss was deferred), so a Frobenius
-        pass computes it directly.  From a previous pass's state, the state
-        itself says whether its loss needs that (decided on the cluster).
+        start, a checkpoint or resume whose loss was deferred), so the pass
+        computes it.  From a previous pass's state, the state itself says what
+        the pass computes (decided on the cluster).
 
         Everything, the H update included, is one graph, so on a cluster the
         next pass can be submitted before this one finishes: no round trip
@@ -711,28 +687,12 @@ class _Fit:
         if isinstance(state, tuple):  # a computed state (local scheduler): start from its H
             state = state[0]
         if _in_memory(state):
-            dsk[f"nmf-state-{tag}"] = (_state, self.beta, state, first and self.beta == 2)
+            dsk[f"nmf-state-{tag}"] = (self.solver.start, state, first)
             state = f"nmf-state-{tag}"
-        h = (operator.getitem, state, 0)  # taken apart inside the tasks that use it
-        hht = (operator.getitem, state, 1)
-        direct = (operator.getitem, state, 2)
         w_keys, steps = [], []
         for i, (v, w) in enumerate(zip(self.source_refs, W)):
             w = _graph_ref(w, f"nmf-W-{tag}-{i}", dsk, self.runner.client)
-            if self.beta == 2:
-                task = (
-                    kernels.frobenius_block_step,
-                    v,
-                    w,
-                    h,
-                    hht,
-                    self.l1_W,
-                    self.l2_W,
-                    False,
-                    direct,
-                )
-            else:
-                task = (kernels.kl_block_step, v, w, h, self.l1_W, self.l2_W, with_loss)
+            task = (self.solver.block_step, v, w, state, with_loss)
             steps.append(f"nmf-step-{tag}-{i}")
             dsk[steps[-1]] = task
             w_keys.append(f"nmf-Wnew-{tag}-{i}")
@@ -746,51 +706,23 @@ class _Fit:
             dsk[firsts[-1]] = (_sum_of_steps, steps[j : j + SPLIT_EVERY])
         total = _tree_reduce_keys(dsk, firsts, kernels.sum_partials, f"nmf-sum-{tag}")
         state_next = f"nmf-state-{tag}-next"
-        dsk[state_next] = (
-            _next_state,
-            self.beta,
-            state,
-            total,
-            self.l1_H,
-            self.l2_H,
-            self.norm_v2,
-            self.direct_below,
-        )
+        dsk[state_next] = (self.solver.next_state, state, total)
         losses = f"nmf-losses-{tag}"
-        dsk[losses] = (
-            _pass_losses,
-            self.beta,
-            self.norm_v2,
-            self.v_sum,
-            state,
-            state_next,
-            total,
-            with_loss,
-            (self.l1_W, self.l2_W, self.l1_H, self.l2_H),
-        )
+        dsk[losses] = (self.solver.pass_report, state, state_next, total, with_loss)
         self.graph_tasks.append(len(dsk))
         owners = BlockOwners(f"nmf-step-{tag}-", self.owners) if self.owners else None
         handles = self.runner.submit_graph(dsk, [*w_keys, state_next, losses], owners)
         return _Pass(W=handles[:-2], state=handles[-2], losses=handles[-1])
 
     def loss_only(self, W: list, H: np.ndarray) -> float:
-        """The loss at (W, H) by a separate pass (needed only at the very end for KL)."""
-        Wd = [_delayed(w) for w in W]
-        if self.beta == 2:
-            # Needed only where the loss was deferred, i.e. where the expansion
-            # has no digits left: computed directly.
-            parts = [
-                dask.delayed(kernels.residual_sumsq, pure=False)(v, w, H)
-                for v, w in zip(self.sources, Wd)
-            ]
-            (r,) = self.runner.compute(tree_reduce(parts, sum))
-            return 0.5 * r
+        """The loss at (W, H) by a separate pass (where no pass gave it: the end of a
+        KL fit, or a final Frobenius state whose loss was deferred)."""
         parts = [
-            dask.delayed(kernels.kl_loss_terms, pure=False)(v, w, H)
-            for v, w in zip(self.sources, Wd)
+            dask.delayed(self.solver.loss_terms, pure=False)(v, w, H)
+            for v, w in zip(self.sources, [_delayed(w) for w in W])
         ]
-        (s,) = self.runner.compute(tree_reduce(parts, kernels.sum_partials))
-        return kernels.kl_divergence(self.v_sum, s["vlogr"], s["w0_sum"], H)
+        (sums,) = self.runner.compute(tree_reduce(parts, kernels.sum_partials))
+        return self.solver.loss_from_terms(sums, H)
 
 
 @dataclass
@@ -807,99 +739,9 @@ class _Pass:
         return [*self.W, self.state, self.losses]
 
 
-def _state(beta: int, H: np.ndarray, direct: bool = False, loss: float = math.nan) -> tuple:
-    """What a pass needs of a state: ``(H, H H^T, direct, loss)``.
-
-    ``H H^T`` is for the Frobenius W update; ``direct`` says the pass from this
-    state computes its Frobenius loss ``||V - WH||^2`` directly (the expansion
-    of ``loss`` has no digits left, or the loss is not known yet).
-    """
-    return H, (H @ H.T if beta == 2 else None), bool(direct), loss
-
-
-def _next_state(
-    beta: int,
-    state: tuple,
-    s: dict,
-    l1: float,
-    l2: float,
-    norm_v2: float = 0.0,
-    direct_below: float = 0.0,
-) -> tuple:
-    H = state[0]
-    if beta == 2:
-        nxt = _state(beta, kernels.frobenius_h_update(H, s["A"], s["B"], l1, l2))
-        # The expansion's value decides, here on the cluster, whether the next
-        # pass (perhaps already submitted) computes this state's loss directly.
-        loss = _expansion_loss(norm_v2, s["A"], s["B"], nxt[0], nxt[1])
-        direct = not 2 * loss >= direct_below * norm_v2  # (NaN: direct too)
-        return nxt[0], nxt[1], direct, loss
-    return _state(beta, kernels.kl_h_update(H, s["A"], s["w_sum"], l1, l2))
-
-
-def _expansion_loss(norm_v2: float, A: np.ndarray, B: np.ndarray, H, HHt) -> float:
-    """:func:`kernels.frobenius_loss` reusing the state's ``H H^T``."""
-    A64, B64 = np.asarray(A, np.float64), np.asarray(B, np.float64)
-    sq = norm_v2 - 2.0 * float(np.vdot(A64, H)) + float(np.vdot(B64, HHt))
-    return 0.5 * sq if not sq < 0 else 0.0
-
-
 def _sum_of_steps(steps: list) -> dict:
     """Sum the partial sums of block steps (each step returns ``(W block, partials)``)."""
     return kernels.sum_partials([step[1] for step in steps])
-
-
-def _penalty(reg: tuple, w_sum: Any, w_sq: float, H: np.ndarray, of_W: bool = True) -> float:
-    """The regularization terms of the cost MU decreases (scikit-learn's objective):
-    ``l1_W sum W + l2_W / 2 ||W||^2 + l1_H sum H + l2_H / 2 ||H||^2``."""
-    l1_W, l2_W, l1_H, l2_H = reg
-    H64 = np.asarray(H, np.float64)
-    out = l1_H * float(H64.sum()) + 0.5 * l2_H * float(np.vdot(H64, H64))
-    return out + l1_W * float(np.sum(w_sum)) + 0.5 * l2_W * w_sq
-
-
-def _pass_losses(beta, norm_v2, v_sum, state, state_next, s, with_loss, reg=(0, 0, 0, 0)):
-    """What the client learns of a pass (see :class:`_Pass`).
-
-    ``(before, after, penalty_before, penalty_after, problem)``: the losses of
-    the state the pass started from and of the one it produced (NaN where not
-    computed here), their regularization terms, and what broke, or None:
-    ``(0 or 1, text)``, 0 for the state the pass started from, 1 for the one
-    it produced (a non-finite loss, H non-finite or all zero, V changed).
-    """
-    H, H_next = state[0], state_next[0]
-    if beta == 2:
-        before = 0.5 * s["r0"] if state[2] else math.nan
-        expansion = state_next[3]
-        after = math.nan if state_next[2] else expansion  # deferred: the next pass has it
-        pen_before = _penalty(reg, s["w0_sum"], s["w0_sq"], H)
-    else:
-        before = math.nan
-        pen_before = math.nan
-        expansion = 0.0
-        if with_loss:
-            # The sum of V as this pass read it: the divergence from that V.
-            before = kernels.kl_divergence(s["v_sum"], s["vlogr"], s["w0_sum"], H)
-            pen_before = _penalty(reg, s["w0_sum"], s["w0_sq"], H)
-        after = math.nan
-    pen_after = _penalty(reg, s["w_sum"], s["w_sq"], H_next)
-    problem = None
-    computed = (beta == 2 and state[2]) or (beta == 1 and with_loss)
-    if computed and not math.isfinite(before):
-        problem = (0, f"the loss became {before}")
-    elif beta == 1 and with_loss and abs(s["v_sum"] - v_sum) > 1e-8 * abs(v_sum):
-        problem = (
-            0,
-            f"V changed while the fit read it: its sum is now {s['v_sum']:.9g}, "
-            f"{v_sum:.9g} when the fit started",
-        )
-    elif not math.isfinite(expansion):
-        problem = (1, f"the loss became {expansion}")
-    elif not np.isfinite(H_next).all():
-        problem = (1, "H has NaN or infinite entries")
-    elif not H_next.any():
-        problem = (1, "H is all zeros")
-    return before, after, pen_before, pen_after, problem
 
 
 class _CostWatch:
@@ -910,11 +752,11 @@ class _CostWatch:
     fit or its arithmetic failed; either way the result would be nonsense.
     """
 
-    def __init__(self, beta: int, dtype: np.dtype, stats: dict, alpha_W: Any, alpha_H: Any):
-        self.dtype = np.dtype(dtype)
+    def __init__(self, solver: Solver, alpha_W: Any, alpha_H: Any):
+        self.dtype = solver.dtype
         self.alpha_W, self.alpha_H = alpha_W, alpha_H
-        #: The loss's rounding scales with ||V||^2 (Frobenius) or sum V (KL).
-        self.scale = 0.5 * stats["sumsq"] if beta == 2 else stats["sum"]
+        #: The loss's rounding scales with the cost's own scale (||V||^2, sum V).
+        self.scale = solver.cost_scale()
         self.rtol = RISE_TOLERANCE.get(self.dtype.itemsize, RISE_TOLERANCE[4])
         self.penalties: dict[int, float] = {}  # regularization terms by iteration
         self.last: tuple[int, float] | None = None  # the last known cost
@@ -1093,7 +935,7 @@ def factorize(
         ``loss_history``, ``n_iter``, ``converged``.
     """
     t_start = time.perf_counter()
-    beta = check_beta_loss(beta_loss)
+    algorithm = solver_class(beta_loss)
     check_params(n_components, max_iter, tol, alpha_W, alpha_H, l1_ratio)
     if not _is_int(checkpoint_every) or checkpoint_every < 1:
         raise InputError(f"checkpoint_every must be a positive integer; got {checkpoint_every!r}")
@@ -1153,7 +995,7 @@ def factorize(
     reg = regularization(Vin.shape, alpha_W, alpha_H, l1_ratio)
     params = {
         "n_components": k,
-        "beta_loss": BETA_NAMES[beta],
+        "beta_loss": algorithm.loss_name,
         "init": init,
         "max_iter": int(max_iter),
         "tol": float(tol),
@@ -1223,7 +1065,8 @@ def factorize(
         except BaseException:
             runner.release_read_buffers()  # (on success, released when the fit ends)
             raise
-        fit = _Fit(runner, Vin, sources, reader, beta, k, reg, stats["sumsq"], stats["sum"])
+        solver = algorithm(Regularization(*reg), stats["sumsq"], stats["sum"], Vin.dtype)
+        fit = _Fit(runner, Vin, sources, reader, solver)
 
         store = checkpoint
         if store is None and runner.distributed:
@@ -1240,7 +1083,7 @@ def factorize(
         meta = {
             "params": params,
             "input": dict(Vin.source, fingerprint=fingerprint),
-            "beta_loss": BETA_NAMES[beta],
+            "beta_loss": algorithm.loss_name,
         }
         settings.enter_context(runner.blas_limits())
         settings.enter_context(
@@ -1320,13 +1163,13 @@ def factorize(
             W_h = save(W_h, H, 0, losses, False, False)
         converged = False
         known = len(losses)  # on resume, losses may include state t's
-        watch = _CostWatch(beta, Vin.dtype, stats, alpha_W, alpha_H)
+        watch = _CostWatch(solver, alpha_W, alpha_H)
 
         def launch(W_h, H, s: int) -> _Pass:
             # State s's loss is unknown (the start, or deferred past a checkpoint):
             # the pass from it computes it (used where H is given as an array).
             first = s >= len(losses)
-            with_loss = beta == 2 or (s >= known and loss_wanted(s))
+            with_loss = solver.losses_every_pass or (s >= known and loss_wanted(s))
             return fit.launch(W_h, H, s, first, with_loss)
 
         def record(s: int, loss: float) -> None:
@@ -1348,22 +1191,24 @@ def factorize(
         pending = launch(W_h, H, t) if t < max_iter else None
         while pending is not None:
             ahead = launch(pending.W, pending.state, t + 1) if may_run_ahead(t + 1) else None
-            before, after, pen_before, pen_after, problem = runner.value(pending.losses)
-            watch.penalties[t], watch.penalties[t + 1] = pen_before, pen_after
+            report_ = runner.value(pending.losses)
+            watch.penalties[t] = report_.penalty_before
+            watch.penalties[t + 1] = report_.penalty_after
+            problem = report_.problem
             if problem is not None and problem[0] == 0:
                 watch.fail(t, problem[1])
             if len(losses) == t:
-                # The pass returns the loss of the state it started from: KL's (NaN
-                # where loss_every skips it), Frobenius's at the start and wherever
-                # the expansion had no digits left (deferred from the pass before).
-                record(t, before)
+                # The loss of the state the pass started from, where the pass knows
+                # it (NaN where it was skipped): KL's on its loss_every passes,
+                # Frobenius's at the start and where its expansion had no digits left.
+                record(t, report_.before)
                 converged = _converged(losses, t, tol)
             if not converged:  # else state t is the answer; the pass is dropped
                 if problem is not None:
                     watch.fail(t + 1, problem[1])
                 W_h, H, t = pending.W, pending.state, t + 1
-                if not math.isnan(after):  # a Frobenius loss with its digits
-                    record(t, after)
+                if not math.isnan(report_.after):  # the loss of the state it produced
+                    record(t, report_.after)
                     converged = _converged(losses, t, tol)
             pending = ahead
             if converged or t >= max_iter:
@@ -1407,7 +1252,7 @@ def factorize(
         loss_history=[float(x) for x in losses],
         n_iter=t,
         converged=converged,
-        beta_loss=BETA_NAMES[beta],
+        beta_loss=algorithm.loss_name,
         params=params,
         source=Vin.source,
     )
@@ -1555,7 +1400,7 @@ def transform(
     dask.array.Array
         Lazy, m x k, chunked by V's row blocks.
     """
-    beta = check_beta_loss(beta_loss)
+    algorithm = solver_class(beta_loss)
     H = np.asarray(H)
     k, n = H.shape
     check_params(k, max_iter, tol, alpha_W, 0.0, l1_ratio)
@@ -1573,13 +1418,14 @@ def transform(
     sources = runner.place(block_sources(Vin))
     stats = input_stats(runner, sources)
     check_stats(stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
-    l1, l2, _, _ = regularization(Vin.shape, alpha_W, 0.0, l1_ratio)
+    reg = regularization(Vin.shape, alpha_W, 0.0, l1_ratio)
+    solver = algorithm(Regularization(*reg), stats["sumsq"], stats["sum"], H.dtype)
     w_start = float(np.sqrt(stats["sum"] / (Vin.shape[0] * n) / k))
     Hd = dask.delayed(H, name=f"nmf-H-{uuid.uuid4().hex}")
     blocks = [
         da.from_delayed(
-            dask.delayed(kernels.transform_block, pure=False)(
-                _delayed(s), Hd, w_start, beta, l1, l2, int(max_iter), float(tol)
+            dask.delayed(solver.transform_block, pure=False)(
+                _delayed(s), Hd, w_start, int(max_iter), float(tol)
             ),
             shape=(b - a, k),
             dtype=H.dtype,

@@ -537,7 +537,9 @@ def _check_something_stored(z: zarr.Array) -> None:
     if not sync(probe()):
         raise InputError(
             f"the zarr array {z.store_path} stores no chunks: all its {z.shape[0]} x "
-            f"{z.shape[1]} entries are the fill value {z.fill_value}; was it ever written?"
+            f"{z.shape[1]} entries are the fill value {z.fill_value}"
+            + (" (V is all zeros)" if z.fill_value == 0 else "")
+            + "; was it ever written?"
         )
 
 

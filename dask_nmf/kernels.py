@@ -79,12 +79,14 @@ def frobenius_w_update(
     HHt: np.ndarray,
     l1: float = 0.0,
     l2: float = 0.0,
+    VHt: np.ndarray | None = None,
 ) -> np.ndarray:
     """One Frobenius MU step for the rows ``W`` of V (a new array; inputs untouched).
 
-    ``W' = W * (V H^T) / (W H H^T + l1 + l2 W)``.
+    ``W' = W * (V H^T) / (W H H^T + l1 + l2 W)``; ``VHt`` may pass ``V H^T``
+    when H does not change between steps.
     """
-    numerator = V @ H.T
+    numerator = V @ H.T if VHt is None else VHt.copy()
     denominator = W @ HHt
     if l1 > 0:
         denominator += l1
@@ -446,65 +448,3 @@ def merge_all_stats(parts: list[dict]) -> dict:
     for p in parts[1:]:
         out = merge_stats(out, p)
     return out
-
-
-# --------------------------------------------------------------------------
-# transform: W for new rows with H fixed, entirely inside one block
-# --------------------------------------------------------------------------
-def transform_block(
-    V: np.ndarray,
-    H: np.ndarray,
-    w_start: float,
-    beta: float,
-    l1: float = 0.0,
-    l2: float = 0.0,
-    max_iter: int = 200,
-    tol: float = 1e-4,
-) -> np.ndarray:
-    """Solve for the rows W of V with H fixed by MU, inside one block.
-
-    W starts at the constant ``w_start`` (scikit-learn uses
-    ``sqrt(mean(V) / k)``); the stopping rule is scikit-learn's, checked every
-    10 iterations on this block's own error, so blocks never wait for each other.
-    """
-    V = as_block(V)
-    k = H.shape[0]
-    W = np.full((V.shape[0], k), w_start, dtype=H.dtype)
-    if V.shape[0] == 0:
-        return W
-    if beta == 2:
-        HHt = H @ H.T
-        VHt = V @ H.T
-    else:
-        H_sum = H.sum(axis=1)
-
-    norm_v2 = block_stats(V)["sumsq"] if beta == 2 else 0.0
-
-    def error(W):
-        if beta == 2:
-            if sp.issparse(V):  # never densify V: expand the square instead
-                return np.sqrt(2 * frobenius_loss(norm_v2, W.T @ V, W.T @ W, H))
-            R = V - W @ H
-            return np.sqrt(float(np.vdot(R, R)))
-        terms = kl_loss_terms(V, W, H)
-        return np.sqrt(
-            2 * kl_divergence(float(V.sum(dtype=np.float64)), terms["vlogr"], terms["w0_sum"], H)
-        )
-
-    error_at_init = previous = error(W) if tol > 0 else 0.0
-    for n_iter in range(1, max_iter + 1):
-        if beta == 2:
-            denominator = W @ HHt
-            if l1 > 0:
-                denominator += l1
-            if l2 > 0:
-                denominator += l2 * W
-            W = W * _safe_ratio(VHt.copy(), denominator)
-        else:
-            W = kl_w_update(V, W, H, H_sum, l1, l2)
-        if tol > 0 and n_iter % 10 == 0:
-            err = error(W)
-            if error_at_init == 0 or (previous - err) / error_at_init < tol:
-                break
-            previous = err
-    return W

@@ -1,0 +1,58 @@
+"""The algorithms: one module per solver and cost, all on one engine.
+
+Each implements :class:`~dask_nmf.solvers.base.Solver`; :func:`solver_class`
+finds one by ``solver`` and ``beta_loss``.  A new solver is a new module here
+and one entry in :data:`SOLVERS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..io import InputError
+from .base import PassReport, Regularization, Solver
+from .mu_frobenius import FrobeniusMU
+from .mu_kl import KullbackLeiblerMU
+
+#: ``(solver, beta)`` -> the class.
+SOLVERS: dict[tuple[str, float], type[Solver]] = {
+    (cls.name, cls.beta): cls for cls in (FrobeniusMU, KullbackLeiblerMU)
+}
+#: Accepted spellings of the costs, mapped to the beta of the beta-divergence.
+BETA_LOSSES = {"frobenius": 2.0, "kullback-leibler": 1.0}
+
+__all__ = [
+    "SOLVERS",
+    "PassReport",
+    "Regularization",
+    "Solver",
+    "FrobeniusMU",
+    "KullbackLeiblerMU",
+    "beta_of",
+    "solver_class",
+]
+
+
+def beta_of(beta_loss: Any) -> float:
+    """The beta of a ``beta_loss`` value (a name or a number), or :class:`InputError`."""
+    if isinstance(beta_loss, str) and beta_loss in BETA_LOSSES:
+        return BETA_LOSSES[beta_loss]
+    if isinstance(beta_loss, (int, float, np.number)) and not isinstance(beta_loss, bool):
+        if any(beta == float(beta_loss) for _, beta in SOLVERS):
+            return float(beta_loss)
+    names = ", ".join(f"{name!r} ({beta:g})" for name, beta in BETA_LOSSES.items())
+    raise InputError(f"unknown beta_loss {beta_loss!r}; choose {names}")
+
+
+def solver_class(beta_loss: Any, solver: str = "mu") -> type[Solver]:
+    """The :class:`Solver` for ``solver`` and ``beta_loss``, or :class:`InputError`."""
+    beta = beta_of(beta_loss)
+    try:
+        return SOLVERS[(solver, beta)]
+    except KeyError:
+        known = sorted({name for name, _ in SOLVERS})
+        raise InputError(
+            f"unknown solver {solver!r} for beta_loss={beta_loss!r}; choose one of {known}"
+        ) from None

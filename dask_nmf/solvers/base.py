@@ -1,0 +1,173 @@
+"""What the engine knows of an NMF algorithm: the :class:`Solver` interface.
+
+The engine (:mod:`dask_nmf.passes`, :mod:`dask_nmf.driver`) runs passes over V.
+In a pass every row block i calls, where its W block lives::
+
+    W_i', partials_i = solver.block_step(V_i, W_i, state, with_loss)
+
+``partials_i`` is a dict of arrays and numbers that are *added up* over the
+blocks (in any order, in a tree).  From the sums the solver makes the next
+broadcast state and tells the engine what the pass learnt::
+
+    state' = solver.next_state(state, sums)
+    report = solver.pass_report(state, state', sums, with_loss)
+
+A *state* is a tuple whose first item is H; the rest is whatever the block
+steps need of it (H Hᵀ, flags decided on the cluster).  ``start(H)`` makes one
+from H.  The solver also computes a loss by itself when the engine asks for
+one outside a pass (:meth:`loss_terms`, :meth:`loss_from_terms`) and solves
+for W with H fixed (:meth:`transform_block`, for ``transform``).
+
+Solvers are small picklable objects (a few floats): the engine puts their
+bound methods into the task graph.  Adding one is a module in this package
+and a line in :data:`dask_nmf.solvers.SOLVERS`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import kernels
+
+
+@dataclass(frozen=True)
+class Regularization:
+    """scikit-learn's penalties, already scaled: W's by n (features), H's by m (samples)."""
+
+    l1_W: float = 0.0
+    l2_W: float = 0.0
+    l1_H: float = 0.0
+    l2_H: float = 0.0
+
+    def penalty(self, w_sum: Any, w_sq: float, H: np.ndarray) -> float:
+        """``l1_W sum W + l2_W/2 ||W||^2 + l1_H sum H + l2_H/2 ||H||^2`` (the part of the
+        cost MU decreases that is not the loss), from W's column sums and sum of squares."""
+        H64 = np.asarray(H, np.float64)
+        out = self.l1_H * float(H64.sum()) + 0.5 * self.l2_H * float(np.vdot(H64, H64))
+        return out + self.l1_W * float(np.sum(w_sum)) + 0.5 * self.l2_W * float(w_sq)
+
+
+@dataclass
+class PassReport:
+    """What the client learns of a pass.
+
+    ``before`` and ``after`` are the losses of the state the pass started from
+    and of the one it produced (NaN where the pass did not compute them);
+    ``penalty_before``/``penalty_after`` their regularization terms;
+    ``problem`` what broke, or None: ``(0 or 1, text)``, 0 for the state the
+    pass started from, 1 for the one it produced.
+    """
+
+    before: float
+    after: float
+    penalty_before: float
+    penalty_after: float
+    problem: tuple[int, str] | None = None
+
+
+class Solver:
+    """One algorithm for one cost, on the engine's passes (see the module docstring).
+
+    Parameters
+    ----------
+    reg : Regularization
+    norm_v2, v_sum : float
+        ``||V||^2`` and ``sum V`` from the validation pass.
+    dtype : numpy dtype
+        The dtype the fit computes in.
+    """
+
+    #: The ``solver=`` name and the cost's name and beta.
+    name: ClassVar[str] = ""
+    loss_name: ClassVar[str] = ""
+    beta: ClassVar[float] = math.nan
+    #: Whether every pass computes its losses from its sums (no option to skip them).
+    losses_every_pass: ClassVar[bool] = False
+
+    def __init__(self, reg: Regularization, norm_v2: float, v_sum: float, dtype: Any):
+        self.reg, self.norm_v2, self.v_sum = reg, float(norm_v2), float(v_sum)
+        self.dtype = np.dtype(dtype)
+
+    # -- the pass ---------------------------------------------------------------
+    def start(self, H: np.ndarray, loss_unknown: bool = False) -> tuple:
+        """The state a pass needs from H (``loss_unknown``: the pass must compute
+        the loss of this state, as at the start or after a resume)."""
+        raise NotImplementedError
+
+    def block_step(self, V: Any, W: np.ndarray, state: tuple, with_loss: bool) -> tuple:
+        """``(W', partials)`` of one row block."""
+        raise NotImplementedError
+
+    def next_state(self, state: tuple, sums: dict) -> tuple:
+        """The next state from the summed partials."""
+        raise NotImplementedError
+
+    def pass_report(self, state: tuple, state_next: tuple, sums: dict, with_loss: bool):
+        """A :class:`PassReport` of the pass from ``state`` to ``state_next``."""
+        raise NotImplementedError
+
+    # -- outside a pass -----------------------------------------------------------
+    def loss_terms(self, V: Any, W: np.ndarray, H: np.ndarray) -> dict:
+        """Additive per-block terms of the loss at (W, H)."""
+        raise NotImplementedError
+
+    def loss_from_terms(self, sums: dict, H: np.ndarray) -> float:
+        """The loss at (W, H) from the summed :meth:`loss_terms`."""
+        raise NotImplementedError
+
+    def cost_scale(self) -> float:
+        """The size against which a rise of the cost is judged rounding or not."""
+        raise NotImplementedError
+
+    def transform_block(
+        self, V: Any, H: np.ndarray, w_start: float, max_iter: int, tol: float
+    ) -> np.ndarray:
+        """W for the rows of V with H fixed, inside one block.
+
+        W starts at the constant ``w_start`` (scikit-learn: ``sqrt(mean(V) / k)``);
+        the stopping rule is scikit-learn's, checked every 10 iterations on this
+        block's own error, so blocks never wait for each other.
+        """
+        V = kernels.as_block(V)
+        W = np.full((V.shape[0], H.shape[0]), w_start, dtype=H.dtype)
+        if V.shape[0] == 0:
+            return W
+        fixed = self._fixed_H(V, H)
+        error_at_init = previous = self._block_error(V, W, H, fixed) if tol > 0 else 0.0
+        for n_iter in range(1, max_iter + 1):
+            W = self._w_step(V, W, H, fixed)
+            if tol > 0 and n_iter % 10 == 0:
+                err = self._block_error(V, W, H, fixed)
+                if error_at_init == 0 or (previous - err) / error_at_init < tol:
+                    break
+                previous = err
+        return W
+
+    def _fixed_H(self, V: Any, H: np.ndarray) -> Any:
+        """What the W steps of :meth:`transform_block` reuse while H is fixed."""
+        raise NotImplementedError
+
+    def _w_step(self, V: Any, W: np.ndarray, H: np.ndarray, fixed: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def _block_error(self, V: Any, W: np.ndarray, H: np.ndarray, fixed: Any) -> float:
+        """``sqrt(2 * loss)`` of one block (scikit-learn's error)."""
+        raise NotImplementedError
+
+    # -- shared checks ----------------------------------------------------------------
+    @staticmethod
+    def _problem(before: float, before_known: bool, after: float, H_next: np.ndarray):
+        """What broke in a pass, if anything (see :class:`PassReport`)."""
+        if before_known and not math.isfinite(before):
+            return (0, f"the loss became {before}")
+        if not math.isfinite(after):
+            return (1, f"the loss became {after}")
+        if not np.isfinite(H_next).all():
+            return (1, "H has NaN or infinite entries")
+        if not H_next.any():
+            return (1, "H is all zeros")
+        return None

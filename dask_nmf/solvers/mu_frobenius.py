@@ -1,0 +1,109 @@
+"""Lee & Seung's multiplicative updates for ``0.5 * ||V - WH||^2`` (scikit-learn's
+``NMF(solver="mu", beta_loss="frobenius")``).
+
+W_i' = W_i ∘ (V_i Hᵀ) / (W_i H Hᵀ + l1 + l2 W_i), row-local; the block sums
+A = W'ᵀV and B = W'ᵀW' give H' = H ∘ A / (B H + l1 + l2 H).
+
+The loss comes from the same sums, ``||V||^2 - 2<A, H'> + <B, H'H'ᵀ>``, with
+no extra work; where that expansion has too few digits left (its terms cancel
+when the fit is close) the next pass computes ``||V_i - W_i H||^2`` directly,
+a decision taken on the cluster and carried in the state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+
+from .. import kernels
+from .base import PassReport, Solver
+
+#: Below this fraction of ||V||^2 the expansion ||V||^2 - 2<W^T V, H> + <W^T W, H H^T>
+#: has few digits left (its terms cancel; their rounding is ~eps * ||V||^2), so the
+#: pass from that state computes ||V - WH||^2 directly.  By the dtype's item size:
+#: ~10 digits kept in float64, ~2 in float32 (a float32 fit pays the extra product
+#: only once its relative error is below about 1%).
+DIRECT_LOSS_BELOW = {8: 1e-6, 4: 1e-4}
+
+
+class FrobeniusMU(Solver):
+    """MU for the squared Euclidean distance.
+
+    The state is ``(H, H Hᵀ, direct, loss)``: ``direct`` says the pass from it
+    computes its loss directly; ``loss`` is the expansion's value.
+    """
+
+    name: ClassVar[str] = "mu"
+    loss_name: ClassVar[str] = "frobenius"
+    beta: ClassVar[float] = 2.0
+    losses_every_pass: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.direct_below = DIRECT_LOSS_BELOW.get(self.dtype.itemsize, DIRECT_LOSS_BELOW[4])
+
+    def start(self, H: np.ndarray, loss_unknown: bool = False) -> tuple:
+        return H, H @ H.T, bool(loss_unknown), math.nan
+
+    def block_step(self, V: Any, W: np.ndarray, state: tuple, with_loss: bool) -> tuple:
+        H, HHt, direct, _ = state
+        return kernels.frobenius_block_step(
+            V, W, H, HHt, self.reg.l1_W, self.reg.l2_W, False, direct
+        )
+
+    def next_state(self, state: tuple, sums: dict) -> tuple:
+        H = kernels.frobenius_h_update(state[0], sums["A"], sums["B"], self.reg.l1_H, self.reg.l2_H)
+        HHt = H @ H.T
+        loss = _expansion_loss(self.norm_v2, sums["A"], sums["B"], H, HHt)
+        # Decided here, on the cluster: the next pass (perhaps already submitted)
+        # reads it from the state.  NaN compares false: direct too.
+        direct = not 2 * loss >= self.direct_below * self.norm_v2
+        return H, HHt, direct, loss
+
+    def pass_report(self, state: tuple, state_next: tuple, sums: dict, with_loss: bool):
+        H, H_next = state[0], state_next[0]
+        before = 0.5 * sums["r0"] if state[2] else math.nan
+        expansion = state_next[3]
+        after = math.nan if state_next[2] else expansion  # deferred: the next pass has it
+        return PassReport(
+            before,
+            after,
+            self.reg.penalty(sums["w0_sum"], sums["w0_sq"], H),
+            self.reg.penalty(sums["w_sum"], sums["w_sq"], H_next),
+            self._problem(before, bool(state[2]), expansion, H_next),
+        )
+
+    def loss_terms(self, V: Any, W: np.ndarray, H: np.ndarray) -> dict:
+        # Asked for only where the loss was deferred, i.e. where the expansion
+        # has no digits left: computed directly.
+        return {"r": kernels.residual_sumsq(V, W, H)}
+
+    def loss_from_terms(self, sums: dict, H: np.ndarray) -> float:
+        return 0.5 * float(sums["r"])
+
+    def cost_scale(self) -> float:
+        return 0.5 * self.norm_v2
+
+    # -- transform ----------------------------------------------------------------
+    def _fixed_H(self, V: Any, H: np.ndarray) -> tuple:
+        return H @ H.T, V @ H.T, kernels.block_stats(V)["sumsq"]
+
+    def _w_step(self, V: Any, W: np.ndarray, H: np.ndarray, fixed: tuple) -> np.ndarray:
+        HHt, VHt, _ = fixed
+        return kernels.frobenius_w_update(V, W, H, HHt, self.reg.l1_W, self.reg.l2_W, VHt=VHt)
+
+    def _block_error(self, V: Any, W: np.ndarray, H: np.ndarray, fixed: tuple) -> float:
+        if sp.issparse(V):  # never densify V: expand the square instead
+            return float(np.sqrt(2 * kernels.frobenius_loss(fixed[2], W.T @ V, W.T @ W, H)))
+        R = V - W @ H
+        return float(np.sqrt(float(np.vdot(R, R))))
+
+
+def _expansion_loss(norm_v2: float, A: np.ndarray, B: np.ndarray, H, HHt) -> float:
+    """``0.5 * ||V - WH||^2`` from ``||V||^2``, ``A = WᵀV``, ``B = WᵀW`` (float64)."""
+    A64, B64 = np.asarray(A, np.float64), np.asarray(B, np.float64)
+    sq = norm_v2 - 2.0 * float(np.vdot(A64, H)) + float(np.vdot(B64, HHt))
+    return 0.5 * sq if not sq < 0 else 0.0
