@@ -6,7 +6,8 @@ Kullback-Leibler costs, one pass over V per iteration, on a dask cluster.
 
 __version__ = "0.1.0"
 
-from .driver import ClusterError, FitError, factorize
+from .cluster import ClusterError
+from .driver import FitError, factorize
 from .io import InputError
 from .persistence import NMFResult, load
 

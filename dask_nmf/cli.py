@@ -128,12 +128,12 @@ def _cluster(scheduler, n_workers, threads_per_worker, memory_limit, quiet, sche
     """Connect to ``scheduler`` (or the one in ``scheduler_file``), or start an
     embedded LocalCluster.
 
-    A :class:`~dask_nmf.driver.ClusterError` in the body, or a scheduler lost
+    A :class:`~dask_nmf.cluster.ClusterError` in the body, or a scheduler lost
     during it, ends the command with one line and exit status 2.
     """
     from distributed import Client, LocalCluster
 
-    from .driver import ClusterError
+    from .cluster import ClusterError
 
     if scheduler is not None or scheduler_file is not None:
         stack = contextlib.ExitStack()
@@ -266,7 +266,8 @@ class _Interrupts:
 
 
 def _fail_on_input_errors(fn, *args, **kwargs):
-    from .driver import ClusterError, FitError
+    from .cluster import ClusterError
+    from .driver import FitError
     from .io import InputError
 
     try:

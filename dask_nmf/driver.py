@@ -19,10 +19,8 @@ iterations since the last checkpoint, replayed by dask itself.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import math
-import operator
 import os
 import shutil
 import tempfile
@@ -30,18 +28,15 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
-import scipy.sparse as sp
 import zarr
-from dask.delayed import Delayed
-from dask.utils import format_bytes, parse_bytes, parse_timedelta
 
-from . import kernels, outputs, persistence, workers
+from . import outputs, persistence, workers
+from .cluster import WHOLE_BLOCK_MEMORY_FRACTION, Runner, resolve_client
 from .init import custom_init, nndsvd_init, random_init, resolve_init
 from .io import (
     BlockReader,
@@ -51,35 +46,11 @@ from .io import (
     check_stats,
     label_results,
     open_input,
-    read_rows_into,
-    release_read_buffers,
 )
+from .options import check_params, is_int, regularization
+from .passes import Pass, PassBuilder, as_delayed, input_stats
 from .persistence import NMFResult
 from .solvers import Regularization, Solver, solver_class
-
-#: On a cluster, a row block is at most this fraction of a worker thread's memory limit ...
-BLOCK_MEMORY_FRACTION = 1 / 8
-#: ... or this one when V is not a dense zarr store (see :meth:`Runner.block_size_limit`).
-WHOLE_BLOCK_MEMORY_FRACTION = 1 / 16
-#: Fan-in of the reduction tree over the blocks' partial sums.
-SPLIT_EVERY = 8
-#: Default of ``dask-nmf.no-worker-timeout``: how long a fit waits with no running worker.
-NO_WORKER_TIMEOUT = "60s"
-#: A worker thread holds a block and the temporaries of its update: about this many blocks.
-BLOCKS_PER_THREAD = 4
-#: Memory of a worker process before it holds any block (Python, NumPy, dask, zarr).
-WORKER_BASE_MEMORY = 200 * 2**20
-
-
-class ClusterError(RuntimeError):
-    """The cluster cannot carry on with the fit.
-
-    No worker joined, all workers were lost, workers were killed (most
-    likely for memory) while running a block's task, or the scheduler was
-    lost.  The message says what happened and what to do; where a checkpoint
-    exists it is intact and the fit can be resumed from it.
-    """
-
 
 #: A rise of the cost beyond this fraction of its scale (0.5 ||V||^2 or sum V, or
 #: the starting cost if larger) is not rounding: MU never increases the cost.
@@ -94,654 +65,6 @@ class FitError(RuntimeError):
     its scale is beyond what the dtype's arithmetic can carry.  The message
     names the iteration, what was seen and what to do.
     """
-
-
-# --------------------------------------------------------------------------
-# Parameter checks (all before any data is read)
-# --------------------------------------------------------------------------
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _is_real(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
-
-
-def check_params(
-    n_components: Any,
-    max_iter: Any,
-    tol: Any,
-    alpha_W: Any,
-    alpha_H: Any,
-    l1_ratio: Any,
-    n_features: int | None = None,
-) -> None:
-    """Raise :class:`InputError` naming the first bad option."""
-    if not _is_int(n_components) or n_components < 1:
-        raise InputError(f"n_components must be a positive integer; got {n_components!r}")
-    if not _is_int(max_iter) or max_iter < 1:
-        raise InputError(f"max_iter must be a positive integer; got {max_iter!r}")
-    # (NaN fails every comparison; inf would turn the factors into NaN or zeros.)
-    if not _is_real(tol) or not 0 <= tol < math.inf:
-        raise InputError(f"tol must be a finite number >= 0; got {tol!r}")
-    if not _is_real(alpha_W) or not 0 <= alpha_W < math.inf:
-        raise InputError(f"alpha_W must be a finite number >= 0; got {alpha_W!r}")
-    if not (alpha_H == "same" or (_is_real(alpha_H) and 0 <= alpha_H < math.inf)):
-        raise InputError(f"alpha_H must be 'same' or a finite number >= 0; got {alpha_H!r}")
-    if not _is_real(l1_ratio) or not 0 <= l1_ratio <= 1:
-        raise InputError(f"l1_ratio must be a number in [0, 1]; got {l1_ratio!r}")
-
-
-def regularization(
-    shape: tuple[int, int], alpha_W: float, alpha_H: Any, l1_ratio: float
-) -> tuple[float, float, float, float]:
-    """scikit-learn's scaling: ``(l1_W, l2_W, l1_H, l2_H)``.
-
-    The W terms are scaled by n (features), the H terms by m (samples).
-    """
-    m, n = shape
-    alpha_H = alpha_W if alpha_H == "same" else alpha_H
-    return (
-        n * alpha_W * l1_ratio,
-        n * alpha_W * (1.0 - l1_ratio),
-        m * alpha_H * l1_ratio,
-        m * alpha_H * (1.0 - l1_ratio),
-    )
-
-
-# --------------------------------------------------------------------------
-# Where graphs run
-# --------------------------------------------------------------------------
-def resolve_client(client: Any = None):
-    """The given client, else the default distributed client, else ``None``.
-
-    ``None`` means dask's local (threaded) scheduler.  No cluster is started here.
-    """
-    if client is not None:
-        return client
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
-
-
-class Runner:
-    """Submits graphs to a distributed client, or runs them on dask's local scheduler.
-
-    A *handle* is what stands for a computed block between iterations: a
-    ``distributed.Future`` on a cluster (the data stays on the worker), the
-    array itself on the local scheduler.
-    """
-
-    def __init__(self, client: Any = None):
-        self.client = client
-        # What a :class:`ClusterError` tells about the fit (see :meth:`expect_blocks`).
-        self.V: InputMatrix | None = None
-        self.checkpoint: Any = None
-        self.storage_options: dict | None = None
-        self._no_workers_since: float | None = None
-        self._seen_workers: dict[str, dict] = {}
-        if self.distributed:
-            self._wait_for_workers()
-
-    @property
-    def distributed(self) -> bool:
-        return self.client is not None
-
-    # ----------------------------------------------------------------------
-    # Cluster health: every wait on the cluster ends, with a ClusterError at worst
-    # ----------------------------------------------------------------------
-    @staticmethod
-    def no_worker_timeout() -> float:
-        """Seconds a fit waits while the cluster has no running worker (dask config
-        ``dask-nmf.no-worker-timeout``, default 60 s)."""
-        value = dask.config.get("dask-nmf.no-worker-timeout", NO_WORKER_TIMEOUT)
-        return float(parse_timedelta(value, default="s"))
-
-    @property
-    def address(self) -> str:
-        """The scheduler's address, for messages."""
-        with contextlib.suppress(Exception):
-            return str(self.client.scheduler.address)
-        return "?"
-
-    def _wait_for_workers(self) -> None:
-        timeout = self.no_worker_timeout()
-        try:
-            self.client.wait_for_workers(1, timeout=timeout)
-        except TimeoutError:
-            if self.client.status != "running":
-                raise self._scheduler_lost() from None
-            raise ClusterError(
-                f"no dask worker joined the scheduler at {self.address} within {timeout:g} s; "
-                "start workers (dask worker ADDRESS) or raise the dask config "
-                "'dask-nmf.no-worker-timeout'"
-            ) from None
-        except OSError as exc:
-            raise self._scheduler_lost() from exc
-
-    def expect_blocks(self, V: InputMatrix, checkpoint: Any = None, storage_options=None) -> None:
-        """Note V's blocks and the checkpoint (for messages); refuse blocks no worker can hold.
-
-        A block larger than every worker's whole memory limit would only get
-        its workers killed and restarted until dask gives up.
-        """
-        self.V, self.checkpoint, self.storage_options = V, checkpoint, storage_options
-        if not self.distributed:
-            return
-        block = self._block_bytes()
-        # (Kept for the messages: when workers die, the scheduler may know none.)
-        self._seen_workers = self._workers()
-        limits = [w.get("memory_limit") or 0 for w in self._seen_workers.values()]
-        if limits and all(0 < limit < block for limit in limits):
-            raise ClusterError(
-                f"a block of V takes {format_bytes(block)} ({block} bytes), more than any "
-                f"worker's memory limit (at most {format_bytes(max(limits))}); "
-                + self._memory_advice()
-            )
-
-    def _block_bytes(self) -> int:
-        V = self.V
-        return V.nbytes // max(1, len(V.bounds)) if V is not None else 0
-
-    def _memory_advice(self) -> str:
-        """What a worker needs for the fit's blocks, and how to get there."""
-        block = self._block_bytes()
-        workers = {}
-        if self.distributed:
-            with contextlib.suppress(Exception):
-                workers = self._workers()
-            workers = workers or self._seen_workers
-        threads = max([w.get("nthreads", 1) for w in workers.values()] or [1])
-        needed = threads * BLOCKS_PER_THREAD * block + WORKER_BASE_MEMORY
-        limits = [w["memory_limit"] for w in workers.values() if w.get("memory_limit")]
-        advice = (
-            f"a worker with {threads} thread(s) needs a memory limit of at least "
-            f"~{format_bytes(needed)} for blocks of this size (a block and its temporaries "
-            f"per thread, plus ~{format_bytes(WORKER_BASE_MEMORY)} for the worker itself); "
-            "give the workers more memory (--memory-limit) or use smaller blocks"
-        )
-        if self.V is not None and limits and block > 0:
-            row_bytes = block / max(1, self.V.block_rows)
-            rows = int(min(limits) / threads * BLOCK_MEMORY_FRACTION // max(1.0, row_bytes))
-            advice += f" (--block-rows / block_rows= {max(1, rows)} fits these workers)"
-        return advice + self._resume_hint()
-
-    def _resume_hint(self) -> str:
-        """Where the fit can continue from, if anywhere."""
-        if self.checkpoint is None:
-            return ""
-        with contextlib.suppress(Exception):
-            meta = persistence.read_meta(self.checkpoint, self.storage_options)
-            state = meta.get("state") or {}
-            if state:
-                return (
-                    f"; the last checkpoint in {self.checkpoint} (iteration "
-                    f"{state.get('iteration')}) is intact: continue with --resume (resume=True)"
-                )
-        return ""
-
-    def _scheduler_lost(self) -> ClusterError:
-        return ClusterError(
-            f"lost the connection to the dask scheduler at {self.address}"
-            + (self._resume_hint() or "; start it again and rerun the fit")
-        )
-
-    def _cluster_error(self, exc: BaseException) -> ClusterError | None:
-        """The :class:`ClusterError` that ``exc`` (from a wait on the cluster) stands for, if any."""
-        from distributed import KilledWorker
-
-        if isinstance(exc, ClusterError):
-            return exc
-        if isinstance(exc, KilledWorker):
-            task = getattr(exc, "task", None)
-            block = self._block_bytes()
-            return ClusterError(
-                f"dask workers died while running a task of the fit ({task}), most likely "
-                f"for lack of memory: a block of V takes {format_bytes(block)} ({block} bytes) "
-                f"and the smallest worker memory limit is {self._smallest_limit()}; "
-                + self._memory_advice()
-            )
-        # A task may raise OSError or TimeoutError itself: only a client that has
-        # lost its scheduler makes them (and cancelled futures) the cluster's fault.
-        if self.client.status != "running" and isinstance(
-            exc, (OSError, TimeoutError, concurrent.futures.CancelledError)
-        ):
-            return self._scheduler_lost()
-        if "scheduler-connection-lost" in str(exc):
-            return self._scheduler_lost()
-        return None
-
-    def _smallest_limit(self) -> str:
-        workers = self._seen_workers
-        with contextlib.suppress(Exception):
-            workers = self._workers() or workers
-        limits = [w["memory_limit"] for w in workers.values() if w.get("memory_limit")]
-        return format_bytes(min(limits)) if limits else "unknown"
-
-    def _check_health(self) -> None:
-        """Raise :class:`ClusterError` when the scheduler is gone, or no worker has
-        been running for longer than ``dask-nmf.no-worker-timeout``."""
-        if self.client.status != "running":
-            raise self._scheduler_lost()
-        try:
-            workers = self._workers()
-        except (OSError, TimeoutError) as exc:
-            raise self._scheduler_lost() from exc
-        running = [w for w in workers.values() if w.get("status", "running") == "running"]
-        now = time.monotonic()
-        if running:
-            self._no_workers_since = None
-            return
-        if self._no_workers_since is None:
-            self._no_workers_since = now
-        waited = now - self._no_workers_since
-        if waited <= self.no_worker_timeout():
-            return
-        if workers:  # all paused: their memory is full and nothing frees it
-            what = (
-                f"all {len(workers)} dask workers have been paused (memory full) for "
-                f"{waited:.0f} s; " + self._memory_advice()
-            )
-        else:
-            what = (
-                f"the dask cluster at {self.address} has had no workers for {waited:.0f} s "
-                "(all lost); start workers (dask worker ADDRESS) and rerun the fit"
-                + self._resume_hint()
-            )
-        raise ClusterError(what)
-
-    def _await(self, futures: list) -> None:
-        """Wait for ``futures`` to end, checking on the cluster while they do not."""
-        from distributed import wait
-
-        poll = min(1.0, max(0.05, self.no_worker_timeout() / 4))
-        while not all(f.done() for f in futures):
-            try:
-                with self.client.as_current():
-                    wait(futures, timeout=poll)
-            except TimeoutError:
-                self._check_health()
-            except Exception as exc:
-                error = self._cluster_error(exc)
-                if error is None:
-                    raise
-                raise error from exc
-
-    def _results(self, futures: list) -> list:
-        """The values of ``futures``: a task's error as it is, a cluster's as a ClusterError."""
-        self._await(futures)
-        try:
-            return self.client.gather(futures)
-        except Exception as exc:
-            error = self._cluster_error(exc)
-            if error is None:
-                raise
-            raise error from exc
-
-    def run(self, blocks: list, reduced: Any = None) -> tuple[list, Any]:
-        """Compute ``blocks`` (kept as handles) and ``reduced`` (returned) in one graph."""
-        objs = list(blocks) + ([reduced] if reduced is not None else [])
-        if self.distributed:
-            futures = self.client.compute(objs)
-            value = self._results(futures[-1:])[0] if reduced is not None else None
-            handles = futures[: len(blocks)]
-            if reduced is None:  # wait without fetching the blocks
-                self._await(handles)
-                failed = [f for f in handles if f.status != "finished"]
-                if failed:
-                    self._results(failed[:1])  # raises the task's error
-        else:
-            values = dask.compute(*objs)
-            value = values[-1] if reduced is not None else None
-            handles = list(values[: len(blocks)])
-        return handles, value
-
-    def submit_graph(self, dsk: dict, keys: list, owners: Any = None) -> list:
-        """Start the plain task graph ``dsk`` (the per-iteration hot path).
-
-        On a cluster this returns at once with a future per key (see
-        :meth:`value`); on the local scheduler it computes and returns the
-        values.  ``owners`` (a :class:`BlockOwners`) pins tasks to workers, loosely.
-        """
-        if self.distributed:
-            pin = (
-                dask.annotate(workers=owners, allow_other_workers=True)
-                if owners is not None
-                else contextlib.nullcontext()
-            )
-            with pin:
-                # fifo_timeout=0: every pass is a new "generation", so the tail of
-                # pass t (its sums, H, losses) runs before pass t + 1's blocks.
-                return list(self.client.get(dsk, keys, sync=False, fifo_timeout=0))
-        get = dask.base.get_scheduler() or dask.threaded.get
-        return list(get(dsk, keys))
-
-    def value(self, x: Any) -> Any:
-        """The value behind a handle from :meth:`submit_graph` (waits for a future)."""
-        if self.distributed and hasattr(x, "result") and callable(x.result):
-            return self._results([x])[0]
-        return x.result() if hasattr(x, "result") and callable(x.result) else x
-
-    def cancel(self, handles: list) -> None:
-        """Stop computing what ``handles`` stand for (a pass that turned out not to be needed)."""
-        if self.distributed:
-            self.client.cancel([h for h in handles if hasattr(h, "key")])
-
-    def compute(self, *objs):
-        if self.distributed:
-            return tuple(self._results(self.client.compute(list(objs))))
-        return dask.compute(*objs)
-
-    def persist(self, *collections):
-        if self.distributed:
-            return tuple(self.client.persist(list(collections)))
-        return dask.persist(*collections)
-
-    def place(self, arrays: list) -> list:
-        """Handles for in-memory arrays (scattered once to the cluster)."""
-        if self.distributed and arrays and _in_memory(arrays[0]):
-            try:  # (scatter waits for a worker, with no end of its own)
-                return self.client.scatter(arrays, hash=False, timeout=self.no_worker_timeout())
-            except TimeoutError:
-                self._no_workers_since = -math.inf  # i.e. long enough
-                self._check_health()
-                raise
-        return arrays
-
-    @property
-    def parallelism(self) -> int:
-        """Worker threads that can run blocks at once."""
-        if self.distributed:
-            return max(1, sum(self.client.nthreads().values()))
-        return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
-
-    def blas_limits(self):
-        """A context in which BLAS uses cores / dask threads threads (local scheduler).
-
-        dask's threads each call BLAS; with BLAS's own threads on top the cores
-        are oversubscribed (2 x 2 threads on 2 cores ran 5-10x slower here).  Set
-        once around the whole fit, because the limit is process-wide and per-task
-        limits would race.  Workers of a distributed cluster already run BLAS on
-        one thread (dask's nanny sets OMP/OPENBLAS/MKL_NUM_THREADS=1).
-        """
-        if self.distributed or self.parallelism <= 1:
-            return contextlib.nullcontext()
-        from threadpoolctl import ThreadpoolController
-
-        per_task = max(1, (os.cpu_count() or 1) // self.parallelism)
-        return ThreadpoolController().limit(limits=per_task, user_api="blas")
-
-    def release_read_buffers(self) -> None:
-        """Drop the fused reads' block buffers, here and on every worker."""
-        release_read_buffers()
-        if self.distributed:
-            workers.run_briefly(self.client, release_read_buffers)
-
-    def block_owners(self, n_blocks: int) -> list[str] | None:
-        """A worker for each of ``n_blocks`` blocks, spread in proportion to threads."""
-        if not self.distributed:
-            return None
-        slots = [
-            addr
-            for addr, info in sorted(self._workers().items())
-            for _ in range(max(1, info.get("nthreads", 1)))
-        ]
-        return [slots[i % len(slots)] for i in range(n_blocks)] if slots else None
-
-    def _workers(self) -> dict[str, dict]:
-        """The scheduler's description of each worker, by address (a cluster only)."""
-        return self.client.scheduler_info(n_workers=-1)["workers"]
-
-    def block_size_limit(self, fraction: float = BLOCK_MEMORY_FRACTION):
-        """A context capping dask's ``array.chunk-size`` (the default block size) by memory.
-
-        Reading V out of core, a worker thread holds little more than the block
-        it reads and updates (decoded in place, one stored chunk's bytes at a
-        time), and the NNDSVD initializations' randomized SVD reads a dense
-        zarr V in pieces of at most half a block, of which it holds about six
-        per thread at its peak.  Blocks of such a V get at most ``fraction``
-        (1/8) of a worker's memory limit per thread: fewer, larger blocks mean
-        fewer tasks per iteration (with 1/16, iterations out of core took ~10 %
-        longer on 2 x 320 MiB workers), and workers stay below dask's 60 %
-        memory target (the hyperspectral example: 593 MiB of a 1 GiB worker at
-        its peak; 799 MiB when the SVD read whole blocks of this size).  Any
-        other lazy V (a dask array, xarray, a sparse store) is read by the SVD
-        in whole blocks, which get 1/16.
-        """
-        if not self.distributed:
-            return contextlib.nullcontext()
-        per_thread = [
-            w["memory_limit"] / max(1, w.get("nthreads", 1))
-            for w in self._workers().values()
-            if w.get("memory_limit")
-        ]
-        current = parse_bytes(dask.config.get("array.chunk-size"))
-        if not per_thread or min(per_thread) * fraction >= current:
-            return contextlib.nullcontext()
-        cap = min(per_thread) * fraction
-        return dask.config.set({"array.chunk-size": max(1, int(cap))})
-
-    def memory_budget(self) -> float:
-        """Bytes of V worth keeping in memory: half the workers' memory limits."""
-        if self.distributed:
-            limits = [w.get("memory_limit") or 0 for w in self._workers().values()]
-            return 0.5 * float(sum(limits))
-        import psutil
-
-        return 0.25 * float(psutil.virtual_memory().available)
-
-
-class BlockOwners:
-    """``dask.annotate(workers=...)`` for the keys ``<prefix><i>``: block i's worker.
-
-    Evaluated by the scheduler for each key of a graph; other keys get no
-    restriction.
-    """
-
-    def __init__(self, prefix: str, owners: list[str]):
-        self.prefix, self.owners = prefix, owners
-
-    def __call__(self, key: Any) -> list[str]:
-        if isinstance(key, str) and key.startswith(self.prefix):
-            tail = key[len(self.prefix) :]
-            if tail.isdigit() and int(tail) < len(self.owners):
-                return [self.owners[int(tail)]]
-        return []
-
-
-def _in_memory(x: Any) -> bool:
-    return isinstance(x, np.ndarray) or sp.issparse(x)
-
-
-def _delayed(x: Any, name: str | None = None):
-    """A Delayed standing for a handle, a Delayed or an array (no hashing of data)."""
-    if isinstance(x, Delayed):
-        return x
-    if _in_memory(x):
-        return dask.delayed(x, name=name or f"nmf-data-{uuid.uuid4().hex}")
-    return dask.delayed(x)
-
-
-def _reduction_tree(parts: list, node: Callable, split_every: int = SPLIT_EVERY) -> Any:
-    """Reduce ``parts`` in a tree of fan-in ``split_every``; ``node(group, level, i)``
-    makes the node combining ``group`` (the ``i``-th slice at depth ``level``)."""
-    level = 0
-    while len(parts) > 1:
-        parts = [
-            node(parts[i : i + split_every], level, i) for i in range(0, len(parts), split_every)
-        ]
-        level += 1
-    return parts[0]
-
-
-def tree_reduce(parts: list, combine: Callable, split_every: int = SPLIT_EVERY):
-    """Combine delayed values in a tree of fan-in ``split_every``."""
-    return _reduction_tree(
-        parts, lambda group, *_: dask.delayed(combine, pure=False)(group), split_every
-    )
-
-
-def _graph_ref(x: Any, name: str, dsk: dict, client: Any = None) -> Any:
-    """A task argument standing for ``x`` in the plain graph ``dsk`` (adding what it needs)."""
-    if isinstance(x, Delayed):
-        graph = x.__dask_graph__()
-        if x.key not in graph and client is not None:
-            from distributed import Future
-
-            return Future(x.key, client)  # a block of a collection persisted on the cluster
-        dsk.update(graph)
-        return x.key
-    if _in_memory(x):
-        dsk[name] = x
-        return name
-    return x  # a distributed Future: the scheduler resolves it
-
-
-def _tree_reduce_keys(dsk: dict, keys: list, combine: Callable, prefix: str) -> Any:
-    """:func:`tree_reduce` for a plain graph: adds the combine tasks, returns the root key."""
-
-    def node(group: list, level: int, i: int) -> str:
-        key = f"{prefix}-{level}-{i}"
-        dsk[key] = (combine, group)
-        return key
-
-    return _reduction_tree(keys, node)
-
-
-def input_stats(
-    runner: Runner, sources: list, reader: BlockReader | None = None, bounds: list | None = None
-) -> dict:
-    """One pass over V: its minimum, finiteness, sum and sum of squares.
-
-    When V is to be re-read from its zarr store every pass (a ``reader`` of it
-    and the row ``bounds``), this pass reads it the way the iterations will,
-    each block decoded inside the task that takes its statistics: no block of
-    V becomes a task result.
-    """
-    if reader is not None:
-        parts = [dask.delayed(_stats_of_rows, pure=False)(reader, a, b) for a, b in bounds]
-    else:
-        parts = [dask.delayed(kernels.block_stats, pure=False)(_delayed(s)) for s in sources]
-    total = tree_reduce(parts, kernels.merge_all_stats)
-    (stats,) = runner.compute(total)
-    return stats
-
-
-def _stats_of_rows(reader: BlockReader, start: int, stop: int) -> dict:
-    return kernels.block_stats(read_rows_into(reader, start, stop))
-
-
-# --------------------------------------------------------------------------
-# The solver
-# --------------------------------------------------------------------------
-class _Fit:
-    """State of one factorization: handles of V and W, H, the loss history."""
-
-    def __init__(self, runner, V: InputMatrix, sources, reader, solver: Solver):
-        self.runner, self.V, self.sources = runner, V, [_delayed(s) for s in sources]
-        self.solver = solver
-        self.token = uuid.uuid4().hex[:8]
-        self.graph_tasks: list[int] = []
-        # The iteration graph is a plain dict: building it through dask.delayed
-        # cost ~3 ms per block and iteration here, a quarter of a Frobenius pass.
-        self.source_graph: dict = {}
-        if reader is not None:
-            # V's blocks are read inside the tasks that update them: no block of V
-            # is ever a task's result (held by a worker, moved to another), and
-            # each step runs where its W block already is.
-            self.source_refs = [(read_rows_into, reader, a, b) for a, b in V.bounds]
-            # ... and each block stays on one worker, a balanced share per worker
-            # (dask would otherwise keep whatever imbalance the first placement had).
-            self.owners = runner.block_owners(len(V.bounds))
-        else:
-            # In-memory or kept blocks of V: each step runs where its V block is.
-            self.source_refs = [
-                _graph_ref(s, f"nmf-V-{self.token}-{i}", self.source_graph, runner.client)
-                for i, s in enumerate(sources)
-            ]
-            self.owners = None
-        # A pass may be submitted before the previous one ends only if it has no
-        # task that could run early: a read task would fetch V's blocks for the
-        # next pass while this one still holds its own (memory, not speed).
-        self.may_run_ahead = all(_in_memory(v) for v in self.source_graph.values())
-
-    def launch(self, W: list, state: Any, t: int, first: bool, with_loss: bool) -> _Pass:
-        """Start pass t from state t: W's blocks and ``state``, H or a handle of
-        the previous pass's state (see :class:`~dask_nmf.solvers.base.Solver`).
-
-        ``first``: state t is given as H and its loss is not known yet (the
-        start, a checkpoint or resume whose loss was deferred), so the pass
-        computes it.  From a previous pass's state, the state itself says what
-        the pass computes (decided on the cluster).
-
-        Everything, the H update included, is one graph, so on a cluster the
-        next pass can be submitted before this one finishes: no round trip
-        through the client between passes.  Tasks on the path from the last
-        block to the next pass's first are few (each costs a scheduler hop).
-        """
-        tag = f"{self.token}-{t}"
-        dsk = dict(self.source_graph)
-        if isinstance(state, tuple):  # a computed state (local scheduler): start from its H
-            state = state[0]
-        if _in_memory(state):
-            dsk[f"nmf-state-{tag}"] = (self.solver.start, state, first)
-            state = f"nmf-state-{tag}"
-        w_keys, steps = [], []
-        for i, (v, w) in enumerate(zip(self.source_refs, W)):
-            w = _graph_ref(w, f"nmf-W-{tag}-{i}", dsk, self.runner.client)
-            task = (self.solver.block_step, v, w, state, with_loss)
-            steps.append(f"nmf-step-{tag}-{i}")
-            dsk[steps[-1]] = task
-            w_keys.append(f"nmf-Wnew-{tag}-{i}")
-            dsk[w_keys[-1]] = (operator.getitem, steps[-1], 0)
-        # First sums over blocks of one worker (no transfers), then across workers.
-        if self.owners:
-            steps.sort(key=lambda key: self.owners[int(key.rsplit("-", 1)[1])])
-        firsts = []
-        for j in range(0, len(steps), SPLIT_EVERY):
-            firsts.append(f"nmf-sum-{tag}-s-{j}")
-            dsk[firsts[-1]] = (_sum_of_steps, steps[j : j + SPLIT_EVERY])
-        total = _tree_reduce_keys(dsk, firsts, kernels.sum_partials, f"nmf-sum-{tag}")
-        state_next = f"nmf-state-{tag}-next"
-        dsk[state_next] = (self.solver.next_state, state, total)
-        losses = f"nmf-losses-{tag}"
-        dsk[losses] = (self.solver.pass_report, state, state_next, total, with_loss)
-        self.graph_tasks.append(len(dsk))
-        owners = BlockOwners(f"nmf-step-{tag}-", self.owners) if self.owners else None
-        handles = self.runner.submit_graph(dsk, [*w_keys, state_next, losses], owners)
-        return _Pass(W=handles[:-2], state=handles[-2], losses=handles[-1])
-
-    def loss_only(self, W: list, H: np.ndarray) -> float:
-        """The loss at (W, H) by a separate pass (where no pass gave it: the end of a
-        KL fit, or a final Frobenius state whose loss was deferred)."""
-        parts = [
-            dask.delayed(self.solver.loss_terms, pure=False)(v, w, H)
-            for v, w in zip(self.sources, [_delayed(w) for w in W])
-        ]
-        (sums,) = self.runner.compute(tree_reduce(parts, kernels.sum_partials))
-        return self.solver.loss_from_terms(sums, H)
-
-
-@dataclass
-class _Pass:
-    """One submitted MU pass: handles of W's blocks and of ``(H, H H^T)`` of the
-    state it produces, and ``(loss of the state it started from, loss of the
-    state it produced)``, NaN where the pass does not compute one."""
-
-    W: list
-    state: Any
-    losses: Any
-
-    def handles(self) -> list:
-        return [*self.W, self.state, self.losses]
-
-
-def _sum_of_steps(steps: list) -> dict:
-    """Sum the partial sums of block steps (each step returns ``(W block, partials)``)."""
-    return kernels.sum_partials([step[1] for step in steps])
 
 
 class _CostWatch:
@@ -937,11 +260,11 @@ def factorize(
     t_start = time.perf_counter()
     algorithm = solver_class(beta_loss)
     check_params(n_components, max_iter, tol, alpha_W, alpha_H, l1_ratio)
-    if not _is_int(checkpoint_every) or checkpoint_every < 1:
+    if not is_int(checkpoint_every) or checkpoint_every < 1:
         raise InputError(f"checkpoint_every must be a positive integer; got {checkpoint_every!r}")
     if loss_every is None:
         loss_every = 10
-    if not _is_int(loss_every) or loss_every < 1:
+    if not is_int(loss_every) or loss_every < 1:
         raise InputError(f"loss_every must be a positive integer; got {loss_every!r}")
     if init is None and W_init is not None and H_init is not None:
         init = "custom"
@@ -999,7 +322,7 @@ def factorize(
         "init": init,
         "max_iter": int(max_iter),
         "tol": float(tol),
-        "random_state": random_state if _is_int(random_state) else None,
+        "random_state": random_state if is_int(random_state) else None,
         "alpha_W": float(alpha_W),
         "alpha_H": alpha_H if alpha_H == "same" else float(alpha_H),
         "l1_ratio": float(l1_ratio),
@@ -1066,7 +389,7 @@ def factorize(
             runner.release_read_buffers()  # (on success, released when the fit ends)
             raise
         solver = algorithm(Regularization(*reg), stats["sumsq"], stats["sum"], Vin.dtype)
-        fit = _Fit(runner, Vin, sources, reader, solver)
+        fit = PassBuilder(runner, Vin, sources, reader, solver)
 
         store = checkpoint
         if store is None and runner.distributed:
@@ -1127,7 +450,7 @@ def factorize(
             slot = persistence.next_slot(persistence.read_meta(store, storage_options))
             writes = [
                 dask.delayed(persistence.write_w_block, pure=False)(
-                    store, slot, a, _delayed(w), storage_options
+                    store, slot, a, as_delayed(w), storage_options
                 )
                 for w, (a, _) in zip(W_h, Vin.bounds)
             ]
@@ -1165,7 +488,7 @@ def factorize(
         known = len(losses)  # on resume, losses may include state t's
         watch = _CostWatch(solver, alpha_W, alpha_H)
 
-        def launch(W_h, H, s: int) -> _Pass:
+        def launch(W_h, H, s: int) -> Pass:
             # State s's loss is unknown (the start, or deferred past a checkpoint):
             # the pass from it computes it (used where H is given as an array).
             first = s >= len(losses)
@@ -1228,7 +551,7 @@ def factorize(
             W_h = save(W_h, H, t, losses, converged, True)
         if runner.distributed:
             # The result's blocks must not depend on the temporary store.
-            W_h, _ = runner.run([_delayed(w) for w in W_h])
+            W_h, _ = runner.run([as_delayed(w) for w in W_h])
     except BaseException:
         if claim is not None:
             claim.abandon()  # a store this run created, with nothing complete in it
@@ -1240,7 +563,7 @@ def factorize(
 
     W = da.concatenate(
         [
-            da.from_delayed(_delayed(w), shape=(b - a, k), dtype=Vin.dtype)
+            da.from_delayed(as_delayed(w), shape=(b - a, k), dtype=Vin.dtype)
             for w, (a, b) in zip(W_h, Vin.bounds)
         ],
         axis=0,
@@ -1425,7 +748,7 @@ def transform(
     blocks = [
         da.from_delayed(
             dask.delayed(solver.transform_block, pure=False)(
-                _delayed(s), Hd, w_start, int(max_iter), float(tol)
+                as_delayed(s), Hd, w_start, int(max_iter), float(tol)
             ),
             shape=(b - a, k),
             dtype=H.dtype,

@@ -12,6 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
 from . import driver
+from .cluster import Runner, resolve_client
 from .io import InputError
 from .persistence import load
 
@@ -211,7 +212,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         )
         if not _in_memory(X):
             return W
-        with driver.Runner(driver.resolve_client(None)).blas_limits():
+        with Runner(resolve_client(None)).blas_limits():
             return W.compute()
 
     def inverse_transform(self, X: Any):

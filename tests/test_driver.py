@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from sklearn.decomposition import NMF as SkNMF
 
 import dask_nmf
-from dask_nmf.driver import regularization
 from dask_nmf.io import InputError
+from dask_nmf.options import regularization
 
 COSTS = ["frobenius", "kullback-leibler"]
 
@@ -346,7 +346,7 @@ def test_blas_threads_shared_out_on_the_local_scheduler(V_small):
 
 
 def test_block_owners_annotate_only_the_pinned_keys():
-    from dask_nmf.driver import BlockOwners
+    from dask_nmf.cluster import BlockOwners
 
     owners = BlockOwners("nmf-step-abc-3-", ["tcp://a:1", "tcp://b:2"])
     assert owners("nmf-step-abc-3-0") == ["tcp://a:1"]
