@@ -309,9 +309,10 @@ def factorize(
             stacklevel=2,
         )
     if init == "nndsvd":
-        warnings.warn(
-            "multiplicative updates cannot move entries that start at zero, which init='nndsvd' "
-            "produces; init='nndsvda' or 'nndsvdar' usually fit better",
+        warnings.warn(  # (scikit-learn's first sentence, which users filter on)
+            "The multiplicative update ('mu') solver cannot update zeros present in the "
+            "initialization: multiplicative updates cannot move entries that start at zero, "
+            "which init='nndsvd' produces; init='nndsvda' or 'nndsvdar' usually fit better",
             UserWarning,
             stacklevel=2,
         )

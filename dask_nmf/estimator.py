@@ -3,29 +3,119 @@
 from __future__ import annotations
 
 import warnings
+from numbers import Integral, Real
 from typing import Any
 
 import dask.array as da
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    Options,
+    StrOptions,
+)
+from sklearn.utils.validation import (
+    check_array,
+    check_is_fitted,
+    check_non_negative,
+    validate_data,
+)
 
 from . import driver
 from .cluster import Runner, resolve_client
+from .init import INITS, resolve_init
 from .io import InputError
 from .persistence import load
 
 
+class ParameterError(InputError, InvalidParameterError):
+    """A bad parameter of :class:`NMF`.
+
+    Its message gives our wording and scikit-learn's; it is caught as
+    :class:`dask_nmf.InputError`, ``ValueError`` and scikit-learn's
+    ``InvalidParameterError`` alike.
+    """
+
+
+class DtypeError(InputError, TypeError):
+    """X, W, H or the fitted ``components_`` disagree on the dtype.
+
+    A ``TypeError``, as scikit-learn raises, and a :class:`dask_nmf.InputError`.
+    """
+
+
+def _is_xarray(X: Any) -> bool:
+    return hasattr(X, "dims") and hasattr(X, "data")
+
+
 def _in_memory(X: Any) -> bool:
     """Whether X is an in-memory array (NumPy out then, as scikit-learn expects)."""
-    if hasattr(X, "dims") and hasattr(X, "data"):  # xarray
+    if _is_xarray(X):
         X = X.data
     return isinstance(X, np.ndarray) or (
         not isinstance(X, (str, da.Array))
         and not hasattr(X, "chunks")
         and not hasattr(X, "__fspath__")
     )
+
+
+def _sklearn_input(X: Any) -> bool:
+    """Whether scikit-learn's own helpers validate X: NumPy, lists, pandas, SciPy sparse.
+
+    Lazy inputs (paths, zarr, dask) keep the solver's one-pass validation, and
+    xarray and pydata ``sparse`` go through the solver, which keeps their labels
+    or reads their blocks.
+    """
+    return _in_memory(X) and not _is_xarray(X) and not hasattr(X, "to_scipy_sparse")
+
+
+def _sk_checked(fn: Any, *args: Any, **kw: Any) -> Any:
+    """Call a scikit-learn validation helper; its ValueErrors become InputErrors
+    (same message), as every bad input to dask_nmf does."""
+    try:
+        return fn(*args, **kw)
+    except InputError:
+        raise
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+
+
+def _custom_factor(A: Any, shape: tuple[Any, Any], name: str) -> Any:
+    """Check a starting W or H: 2-D, of ``shape`` (None: any), non-negative, not all zeros.
+
+    In-memory factors go through scikit-learn's ``check_array`` and
+    ``check_non_negative``; a dask factor's values are checked by the solver,
+    in the same pass as its other statistics.
+    """
+    if A is None:
+        raise InputError(f"init='custom' needs both W and H; {name} is missing")
+    if not isinstance(A, da.Array):
+        A = _sk_checked(check_array, A, input_name=name)
+    elif A.ndim != 2:
+        raise InputError(f"{name} must be 2-D; got shape {A.shape}")
+    want = tuple("k" if s is None else s for s in shape)
+    for axis, which in ((0, "first"), (1, "second")):
+        if shape[axis] is not None and A.shape[axis] != shape[axis]:
+            raise InputError(
+                f"{name} has shape {tuple(A.shape)}; expected ({want[0]}, {want[1]}). "
+                f"Array with wrong {which} dimension passed to NMF (input {name}). "
+                f"Expected {shape[axis]}, but got {A.shape[axis]}."
+            )
+    if isinstance(A, np.ndarray):
+        _sk_checked(check_non_negative, A, f"NMF (input {name})")
+        if A.max() == 0:
+            raise InputError(
+                f"{name} is all zeros; multiplicative updates cannot move from zero. "
+                f"Array passed to NMF (input {name}) is full of zeros."
+            )
+    return A
+
+
+def _positive_int_or_none(value: Any, name: str) -> None:
+    if value is not None and not (driver._is_int(value) and value >= 1):
+        raise InputError(f"{name} must be a positive integer or None; got {value!r}")
 
 
 class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -38,22 +128,35 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     array).  NumPy in gives NumPy out; dask, zarr or a path in gives a lazy
     dask array out.
 
+    It behaves as scikit-learn's ``NMF(solver="mu")`` does: the same parameter
+    checks (raising scikit-learn's ``InvalidParameterError``, a ``ValueError``),
+    the same dtype rules (float32 stays float32, anything else becomes
+    float64; custom W and H, and X given to :meth:`transform`, must have the
+    dtype the model computes in, or a ``TypeError`` is raised), the same
+    warnings, ``n_features_in_`` and ``feature_names_in_`` checks and
+    estimator tags.  In-memory X (NumPy, lists, pandas, SciPy sparse) is
+    validated by scikit-learn's own helpers.
+
     Parameters
     ----------
-    n_components : int, "auto" or None
-        Rank k.  None means n_features; "auto" takes it from W or H given to
-        ``fit_transform``.
-    init : {None, "random", "nndsvd", "nndsvda", "nndsvdar", "custom"}
+    n_components : int, "auto" or None, default="auto"
+        Rank k.  None means n_features; "auto" takes it from H given to
+        ``fit_transform`` with ``init="custom"``, else n_features.
+    init : {None, "random", "nndsvd", "nndsvda", "nndsvdar", "custom"}, default=None
         As in scikit-learn; "custom" uses the W and H given to ``fit_transform``.
-    beta_loss : {"frobenius", "kullback-leibler", 2, 1}
-    tol : float
+    beta_loss : {"frobenius", "kullback-leibler", 2, 1}, default="frobenius"
+        The cost.  (scikit-learn's other beta values are not implemented.)
+    tol : float, default=1e-4
         Stop when the error's decrease over 10 iterations, relative to the
         initial error, falls below ``tol`` (checked every 10 iterations).
-    max_iter : int
-    random_state : int, RandomState or None
-    alpha_W, alpha_H, l1_ratio : float
+    max_iter : int, default=200
+        Maximum number of iterations.
+    random_state : int, RandomState or None, default=None
+        Seed of the random and ``nndsvdar`` initializations and of the SVD.
+    alpha_W, alpha_H, l1_ratio : float, default=0.0, "same", 0.0
         Regularization, scaled as in scikit-learn.
-    verbose : int
+    verbose : int, default=0
+        Print the loss every 10 iterations when true.
     block_rows : int, optional
         Rows of X per block; default from dask's ``array.chunk-size``.
     keep_in_memory : bool, optional
@@ -69,20 +172,47 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     components_ : ndarray of shape (n_components, n_features)
         H.
     n_components_ : int
+        The rank used.
     reconstruction_err_ : float
         ``||X - WH||_F`` (Frobenius) or ``sqrt(2 * D(X || WH))`` (KL), as scikit-learn.
     n_iter_ : int
+        Iterations run.
     loss_history_ : list of float
         The cost at the start and after each iteration (NaN where KL's
         ``loss_every`` skipped it).
     n_features_in_ : int
+        Number of features seen in ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names of X, when ``fit`` was given a DataFrame with string column names.
     result_ : NMFResult
         The full result of the fit (W as a dask array, the loss history).
     """
 
+    # scikit-learn's constraints for the parameters the two share (beta_loss
+    # restricted to the two costs implemented), and ours for our own.
+    _parameter_constraints: dict = {
+        "n_components": [
+            Interval(Integral, 1, None, closed="left"),
+            None,
+            StrOptions({"auto"}),
+        ],
+        "init": [StrOptions(set(INITS)), None],
+        "beta_loss": [StrOptions({"frobenius", "kullback-leibler"}), Options(Real, {1, 2})],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+        "alpha_W": [Interval(Real, 0, None, closed="left")],
+        "alpha_H": [Interval(Real, 0, None, closed="left"), StrOptions({"same"})],
+        "l1_ratio": [Interval(Real, 0, 1, closed="both")],
+        "verbose": ["verbose"],
+        "block_rows": [Interval(Integral, 1, None, closed="left"), None],
+        "keep_in_memory": ["boolean", None],
+        "loss_every": [Interval(Integral, 1, None, closed="left"), None],
+    }
+
     def __init__(
         self,
-        n_components: int | str | None = None,
+        n_components: int | str | None = "auto",
         *,
         init: str | None = None,
         beta_loss: str | int = "frobenius",
@@ -111,48 +241,124 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.keep_in_memory = keep_in_memory
         self.loss_every = loss_every
 
-    def _rank(self, n_features: int, W: Any, H: Any) -> int:
-        if self.n_components is None:
-            return n_features
-        if self.n_components == "auto":
-            if H is not None:
-                return int(np.shape(H)[0])
-            if W is not None:
-                return int(np.shape(W)[1])
-            return n_features
-        return self.n_components
+    def _our_parameter_message(self) -> str | None:
+        """The solver's own message for the first bad parameter, or None."""
+        k = self.n_components
+        try:
+            driver.check_beta_loss(self.beta_loss)
+            driver.check_params(
+                1 if k is None or (isinstance(k, str) and k == "auto") else k,
+                self.max_iter,
+                self.tol,
+                self.alpha_W,
+                self.alpha_H,
+                self.l1_ratio,
+            )
+            resolve_init(self.init, 1, (1, 1))
+            _positive_int_or_none(self.block_rows, "block_rows")
+            _positive_int_or_none(self.loss_every, "loss_every")
+        except InputError as exc:
+            return str(exc)
+        return None
+
+    def _check_parameters(self) -> None:
+        """Raise :class:`ParameterError` (our wording, then scikit-learn's) for a bad parameter."""
+        theirs = None
+        try:
+            self._validate_params()
+        except InvalidParameterError as exc:
+            theirs = str(exc)
+        ours = self._our_parameter_message()
+        if ours or theirs:
+            raise ParameterError(" ".join(m.rstrip(".") + "." for m in (ours, theirs) if m))
+
+    def _drop_feature_names(self) -> None:
+        # A fit on input without column names forgets those of an earlier fit.
+        if hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
 
     def fit_transform(self, X: Any, y: Any = None, W: Any = None, H: Any = None):
         """Learn the factorization of X and return W.
 
         Parameters
         ----------
-        X : array-like, dask array, zarr array or path of shape (n_samples, n_features)
+        X : array-like, sparse matrix, dask array, zarr array or path of shape (n_samples, n_features)
+            The non-negative data.  NumPy, lists, DataFrames and SciPy sparse
+            matrices or arrays are validated by scikit-learn's helpers (float32
+            stays float32, other dtypes become float64); lazy inputs are
+            validated in one pass over their blocks.
         y : ignored
-        W, H : array-like, optional
-            Starting factors when ``init="custom"``.
+            Not used, present for API consistency.
+        W : array-like of shape (n_samples, n_components), optional
+            Starting W when ``init="custom"``, of X's (converted) dtype.
+        H : array-like of shape (n_components, n_features), optional
+            Starting H when ``init="custom"``, of X's (converted) dtype.
 
         Returns
         -------
-        W : ndarray (NumPy X) or dask.array.Array (otherwise)
+        W : ndarray (in-memory X) or dask.array.Array (otherwise)
+            The transformed data, of shape (n_samples, n_components).
+
+        Raises
+        ------
+        ParameterError
+            For a bad parameter (also scikit-learn's ``InvalidParameterError``).
+        InputError
+            For bad data: negative, NaN, not 2-D, empty, custom W/H of the wrong shape.
+        DtypeError
+            When custom W or H has another dtype than X (a ``TypeError``).
         """
-        init = self.init
-        if init != "custom" and (W is not None or H is not None):
+        self._check_parameters()
+        if _sklearn_input(X):
+            X = _sk_checked(
+                validate_data, self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32]
+            )
+            _sk_checked(check_non_negative, X, "NMF (input X)")
+            shape, dtype = X.shape, np.dtype(X.dtype)
+        else:
+            Vin = driver.input_matrix(X, self.block_rows)
+            shape, dtype = Vin.shape, Vin.dtype
+            self._drop_feature_names()
+            self.n_features_in_ = shape[1]
+        n_samples, n_features = shape
+
+        custom = self.init == "custom"
+        if not custom and (W is not None or H is not None):
             warnings.warn(
-                "When init!='custom', provided W or H are ignored. Set init='custom' to use them.",
-                UserWarning,
+                "When init!='custom', provided W or H are ignored. Set init='custom' to use "
+                "them as initialization.",
+                RuntimeWarning,
                 stacklevel=2,
             )
             W = H = None
-        Vin = driver.input_matrix(X, self.block_rows)
-        k = self._rank(Vin.shape[1], W, H)
-        # The options are checked before V is validated or sent anywhere.
+        k = self.n_components
+        if k is None or (isinstance(k, str) and k == "auto" and not custom):
+            k = n_features
+        if custom:
+            auto = isinstance(k, str)
+            H = _custom_factor(H, (None if auto else k, n_features), "H")
+            W = _custom_factor(W, (n_samples, None if auto else k), "W")
+            k = int(H.shape[0]) if auto else k
+            if W.shape[1] != k:
+                raise InputError(
+                    f"W has {W.shape[1]} columns but H has {k} rows. Array with wrong second "
+                    f"dimension passed to NMF (input W). Expected {k}, but got {W.shape[1]}."
+                )
+            if H.dtype != dtype or W.dtype != dtype:
+                raise DtypeError(
+                    f"H and W should have the same dtype as X. Got H.dtype = {H.dtype} and "
+                    f"W.dtype = {W.dtype}. (X is factorized in {dtype}; pass W and H as "
+                    f"{dtype}, e.g. W.astype('{dtype}'), or X in their dtype.)"
+                )
+        self._n_components = int(k)  # (scikit-learn's name for the rank in use)
+        # Our own checks too (finite alpha and tol), before V is sent anywhere.
         driver.check_params(k, self.max_iter, self.tol, self.alpha_W, self.alpha_H, self.l1_ratio)
+
         res = driver.factorize(
             X,
-            k,
+            int(k),
             beta_loss=self.beta_loss,
-            init=init,
+            init=self.init,
             W_init=W,
             H_init=H,
             max_iter=self.max_iter,
@@ -178,16 +384,25 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.n_iter_ = res.n_iter
         self.reconstruction_err_ = res.reconstruction_err
         self.loss_history_ = res.loss_history
-        self.n_features_in_ = Vin.shape[1]
         self.result_ = res
         return res.W.compute() if _in_memory(X) else res.W
 
-    def fit(self, X: Any, y: Any = None, **params):
+    def fit(self, X: Any, y: Any = None, **params: Any) -> NMF:
         """Learn the factorization of X.
+
+        Parameters
+        ----------
+        X : array-like, sparse matrix, dask array, zarr array or path of shape (n_samples, n_features)
+            The non-negative data (see :meth:`fit_transform`).
+        y : ignored
+            Not used, present for API consistency.
+        **params
+            ``W`` and ``H`` for ``init="custom"``.
 
         Returns
         -------
-        self
+        self : NMF
+            The fitted estimator.
         """
         self.fit_transform(X, **params)
         return self
@@ -195,14 +410,54 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def transform(self, X: Any):
         """W for the rows of X with ``components_`` fixed (row-local MU, no reduction).
 
+        Parameters
+        ----------
+        X : array-like, sparse matrix, dask array, zarr array or path of shape (n_samples, n_features)
+            Non-negative data with the features (and column names) seen in
+            ``fit``, whose dtype, converted as in ``fit``, is that of ``components_``.
+
         Returns
         -------
-        W : ndarray (NumPy X) or dask.array.Array (otherwise)
+        W : ndarray (in-memory X) or dask.array.Array (otherwise)
+            Of shape (n_samples, n_components).
+
+        Raises
+        ------
+        InputError
+            For bad data or another number of features than in ``fit``.
+        DtypeError
+            When X (converted) and ``components_`` have different dtypes, as
+            scikit-learn raises (a ``TypeError``).
         """
         check_is_fitted(self)
+        if _sklearn_input(X):
+            X = _sk_checked(
+                validate_data,
+                self,
+                X,
+                reset=False,
+                accept_sparse=("csr", "csc"),
+                dtype=[np.float64, np.float32],
+                ensure_non_negative=True,
+            )
+            dtype = np.dtype(X.dtype)
+        else:
+            Vin = driver.input_matrix(X, self.block_rows)
+            if Vin.shape[1] != self.n_features_in_:
+                raise InputError(
+                    f"X has {Vin.shape[1]} features, but NMF is expecting "
+                    f"{self.n_features_in_} features as input."
+                )
+            dtype = Vin.dtype
+        H = np.asarray(self.components_)
+        if dtype != H.dtype:
+            raise DtypeError(
+                f"H should have the same dtype as X. Got H.dtype = {H.dtype}. (The model was "
+                f"fitted in {H.dtype} and X is {dtype}: pass X as {H.dtype}.)"
+            )
         W = driver.transform(
             X,
-            self.components_,
+            H,
             beta_loss=self.beta_loss,
             max_iter=self.max_iter,
             tol=self.tol,
@@ -252,7 +507,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             params["n_components"] = int(res.H.shape[0])
         est = cls(**params)
         est.components_ = res.H
-        est.n_components_ = res.H.shape[0]
+        est.n_components_ = est._n_components = res.H.shape[0]
         est.n_features_in_ = res.H.shape[1]
         est.n_iter_ = res.n_iter
         est.reconstruction_err_ = res.reconstruction_err
@@ -267,5 +522,6 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.positive_only = True
+        tags.input_tags.sparse = True  # SciPy sparse: CSR/CSC as they are, others converted
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags

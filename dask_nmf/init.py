@@ -33,11 +33,25 @@ _NNDSVD_EPS = 1e-6
 
 
 def resolve_init(init: str | None, n_components: int, shape: tuple[int, int]) -> str:
-    """scikit-learn's default: ``nndsvda`` when k <= min(m, n), else ``random``."""
+    """scikit-learn's default: ``nndsvda`` when k <= min(m, n), else ``random``.
+
+    Raises
+    ------
+    InputError
+        For an unknown ``init``, or an NNDSVD variant asked for more components
+        than V has singular vectors (scikit-learn's message, which users match).
+    """
     if init is None:
         return "nndsvda" if n_components <= min(shape) else "random"
     if init not in INITS:
         raise InputError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if init.startswith("nndsvd") and n_components > min(shape):
+        # (A rank-k SVD of V needs k <= min(m, n); dask would fail deep inside.)
+        raise InputError(
+            f"init = '{init}' can only be used when n_components <= min(n_samples, "
+            f"n_features): got n_components={n_components} for V of shape {tuple(shape)}; "
+            "use init='random' or fewer components"
+        )
     return init
 
 
@@ -157,6 +171,13 @@ def nndsvd_init(
 
     rng = check_random_state(random_state)
     Vd = _svd_input(V, reader)
+    if Vd.dtype != np.float64:
+        # The SVD runs in float64 whatever V's dtype, block by block as it is
+        # read (still out of core): float32 power iterations alone put the
+        # singular vectors ~1e-4 off, so a float32 fit would start elsewhere
+        # than the float64 one; rounded at the end, they agree to float32's
+        # precision, as scikit-learn's initializations do.
+        Vd = Vd.astype(np.float64)
     # compute=True: each product with V is computed on its own, so V is read
     # once per pass and dropped.  Lazily, all six passes were one graph sharing
     # V's blocks, which dask then held until the last pass needed them: on the

@@ -96,7 +96,9 @@ class InputMatrix:
 def _float_dtype(dtype: np.dtype) -> np.dtype:
     dtype = np.dtype(dtype)
     if dtype.kind not in "biuf":
-        raise InputError(f"V has dtype {dtype}; NMF needs real numbers (float or integer)")
+        # (scikit-learn's phrase for complex data, which its checks and users match.)
+        phrase = "Complex data not supported. " if dtype.kind == "c" else ""
+        raise InputError(f"{phrase}V has dtype {dtype}; NMF needs real numbers (float or integer)")
     # Like scikit-learn: float32 stays float32, everything else becomes float64.
     return np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
 
@@ -402,7 +404,9 @@ def open_input(
     elif isinstance(V, da.Array):
         source.update(shape=list(V.shape), dtype=str(V.dtype))
     elif sp.issparse(V):
-        V = V.tocsr()
+        # A csr_matrix whatever the container: SciPy's sparse *arrays* (csr_array, ...)
+        # break dask's reductions (no ``keepdims``) and multiply element-wise.
+        V = sp.csr_matrix(V)
         source = {"kind": "scipy.sparse", "nnz": int(V.nnz)}
     elif not isinstance(V, np.ndarray):
         if hasattr(V, "to_scipy_sparse"):  # pydata sparse in memory
@@ -415,8 +419,16 @@ def open_input(
         source = {"kind": "ndarray"}
 
     if len(V.shape) != 2:
+        # The sentence after ours is scikit-learn's (its checks and users match it).
+        hint = (
+            "Expected 2D array, got 1D array instead: Reshape your data either using "
+            "array.reshape(-1, 1) if your data has a single feature or array.reshape(1, -1) "
+            "if it contains a single sample."
+            if len(V.shape) == 1
+            else f"Found array with dim {len(V.shape)}, expected 2."
+        )
         raise InputError(
-            f"V must be 2-D (samples x features); got {len(V.shape)}-D of shape {V.shape}"
+            f"V must be 2-D (samples x features); got {len(V.shape)}-D of shape {V.shape}. {hint}"
         )
     if any(np.isnan(s) for s in V.shape):
         raise InputError(
@@ -424,7 +436,11 @@ def open_input(
         )
     m, n = (int(s) for s in V.shape)
     if m == 0 or n == 0:
-        raise InputError(f"V is empty (shape {V.shape})")
+        what = "0 sample(s)" if m == 0 else "0 feature(s)"
+        raise InputError(
+            f"V is empty (shape {V.shape}): Found array with {what} (shape=({m}, {n})) "
+            "while a minimum of 1 is required."
+        )
     compute_dtype = _float_dtype(V.dtype) if dtype is None else _float_dtype(_as_dtype(dtype))
     row_chunk = None
     if isinstance(V, zarr.Array):
@@ -950,10 +966,15 @@ def check_stats(
     float32; V ~ 1e-300 gives W = H = 0).
     """
     if not stats["finite"]:
-        raise InputError(f"{name} contains NaN or infinite values; NMF needs finite entries")
+        # (The second sentences are scikit-learn's phrases, which users match.)
+        raise InputError(
+            f"{name} contains NaN or infinite values; NMF needs finite entries. "
+            f"Input {name} contains NaN or infinity."
+        )
     if stats["min"] < 0:
         raise InputError(
-            f"{name} contains negative values (minimum {stats['min']:.6g}); NMF needs V >= 0"
+            f"{name} contains negative values (minimum {stats['min']:.6g}); NMF needs V >= 0. "
+            f"Negative values in data passed to NMF (input {name})."
         )
     if dtype is None or shape is None:
         return

@@ -236,3 +236,44 @@ def test_nndsvd_passes_run_on_the_given_cluster(zarr_V_16mb, cluster_client, mon
     monkeypatch.undo()
     local = dask_nmf.factorize(path, 4, init="nndsvda", max_iter=2, tol=0, block_rows=200)
     np.testing.assert_allclose(res.H, local.H, rtol=1e-8)
+
+
+@pytest.mark.parametrize("variant", ["nndsvd", "nndsvda", "nndsvdar"])
+def test_nndsvd_float32_agrees_with_float64(rng, variant):
+    # The SVD runs in float64 for float32 V too: the two starts agree to float32's
+    # precision (scikit-learn's: ~2e-6 relative), not ~2e-4 as a float32 SVD gave.
+    V = rng.random((200, 30)) + 0.01
+    starts = {}
+    for dtype in (np.float64, np.float32):
+        Vin = open_input(V.astype(dtype), 70)
+        W_blocks, H = nmf_init.nndsvd_init(Vin, 5, float(V.mean()), variant, 0)
+        W = materialize(W_blocks)
+        assert W.dtype == dtype and H.dtype == dtype
+        starts[dtype] = W, H
+    for a, b in zip(starts[np.float32], starts[np.float64]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("init", [None, "nndsvd", "nndsvda", "nndsvdar"])
+def test_factorize_scipy_sparse_arrays(rng, init):
+    import scipy.sparse as sp
+
+    import dask_nmf
+
+    V = rng.random((50, 12))
+    V[V < 0.5] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ref = dask_nmf.factorize(sp.csr_matrix(V), 3, init=init, max_iter=5, random_state=0)
+        for container in (sp.csr_array, sp.csc_array, sp.coo_array):
+            res = dask_nmf.factorize(container(V), 3, init=init, max_iter=5, random_state=0)
+            np.testing.assert_allclose(res.H, ref.H, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("init", ["nndsvd", "nndsvda", "nndsvdar"])
+def test_nndsvd_more_components_than_min_shape(init):
+    msg = rf"init = '{init}' can only be used when n_components <= min\(n_samples, n_features\)"
+    with pytest.raises(InputError, match=msg):
+        nmf_init.resolve_init(init, 5, (100, 4))
+    assert nmf_init.resolve_init(init, 4, (100, 4)) == init
+    assert nmf_init.resolve_init("random", 5, (100, 4)) == "random"
