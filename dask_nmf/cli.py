@@ -390,7 +390,7 @@ def fit(
     finished run reports it instead of running it again, unless --max-iter
     asks for more iterations than it ran.
     """
-    from . import driver, outputs
+    from . import driver, options, outputs
 
     _check_cluster_options(scheduler, scheduler_file, n_workers, threads_per_worker, memory_limit)
 
@@ -409,7 +409,7 @@ def fit(
         raise Abort("--resume and --overwrite contradict each other")
     # Cheap checks of the options, the store (exists, is an array) and OUTPUT
     # (absent or ours, not V) before any cluster starts.
-    _fail_on_input_errors(driver.check_params, k, max_iter, tol, alpha_w, alpha_h, l1_ratio)
+    _fail_on_input_errors(options.check_params, k, max_iter, tol, alpha_w, alpha_h, l1_ratio)
     _fail_on_input_errors(
         driver.input_matrix, input_, block_rows, array=array_name, dtype=dtype, **xr_opts
     )

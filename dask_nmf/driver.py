@@ -82,6 +82,7 @@ class _CostWatch:
         self.scale = solver.cost_scale()
         self.rtol = RISE_TOLERANCE.get(self.dtype.itemsize, RISE_TOLERANCE[4])
         self.penalties: dict[int, float] = {}  # regularization terms by iteration
+        self.warned = False
         self.last: tuple[int, float] | None = None  # the last known cost
         self.first = 0.0
 
@@ -108,6 +109,23 @@ class _CostWatch:
         self.last = (s, cost)
 
     def fail(self, s: int, what: str) -> None:
+        """Raise :class:`FitError` for what broke at iteration ``s``.
+
+        All-zero factors under regularization are the answer of the penalized
+        problem (scikit-learn returns them too): a warning, once, not an error.
+        """
+        regularized = self.alpha_W > 0 or (self.alpha_H != "same" and self.alpha_H > 0)
+        if what.endswith("zeros") and regularized:
+            if not self.warned:
+                self.warned = True
+                warnings.warn(
+                    f"at iteration {s} {what}: the regularization (alpha_W={self.alpha_W}, "
+                    f"alpha_H={self.alpha_H}) is strong enough to zero the factors; lower it "
+                    "for a non-trivial factorization",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            return
         if what.startswith("V changed"):
             advice = "V must not change during a fit (keep_in_memory=True reads it once)"
         else:
@@ -115,12 +133,6 @@ class _CostWatch:
                 f"V's values may be too large or too small for {self.dtype.name} "
                 "arithmetic: rescale V (e.g. divide it by its maximum) or use float64"
             )
-            regularized = self.alpha_W > 0 or (self.alpha_H != "same" and self.alpha_H > 0)
-            if what.endswith("zeros") and regularized:
-                advice += (
-                    f", or lower the regularization (alpha_W={self.alpha_W}, "
-                    f"alpha_H={self.alpha_H}), strong enough to zero the factors"
-                )
         raise FitError(f"the fit broke down at iteration {s}: {what}; {advice}")
 
 

@@ -27,7 +27,9 @@ from . import driver
 from .cluster import Runner, resolve_client
 from .init import INITS, resolve_init
 from .io import InputError
+from .options import check_params, is_int
 from .persistence import load
+from .solvers import solver_class
 
 
 class ParameterError(InputError, InvalidParameterError):
@@ -114,7 +116,7 @@ def _custom_factor(A: Any, shape: tuple[Any, Any], name: str) -> Any:
 
 
 def _positive_int_or_none(value: Any, name: str) -> None:
-    if value is not None and not (driver._is_int(value) and value >= 1):
+    if value is not None and not (is_int(value) and value >= 1):
         raise InputError(f"{name} must be a positive integer or None; got {value!r}")
 
 
@@ -245,8 +247,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """The solver's own message for the first bad parameter, or None."""
         k = self.n_components
         try:
-            driver.check_beta_loss(self.beta_loss)
-            driver.check_params(
+            solver_class(self.beta_loss)
+            check_params(
                 1 if k is None or (isinstance(k, str) and k == "auto") else k,
                 self.max_iter,
                 self.tol,
@@ -352,7 +354,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 )
         self._n_components = int(k)  # (scikit-learn's name for the rank in use)
         # Our own checks too (finite alpha and tol), before V is sent anywhere.
-        driver.check_params(k, self.max_iter, self.tol, self.alpha_W, self.alpha_H, self.l1_ratio)
+        check_params(k, self.max_iter, self.tol, self.alpha_W, self.alpha_H, self.l1_ratio)
 
         res = driver.factorize(
             X,

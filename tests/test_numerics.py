@@ -230,3 +230,12 @@ def test_cli_turns_fit_errors_into_exit_2():
     with pytest.raises(Abort, match="iteration 7") as err:
         _fail_on_input_errors(broken)
     assert err.value.exit_code == 2
+
+
+def test_regularization_strong_enough_to_zero_the_factors_warns(rng):
+    """Zero factors are the answer of a strongly penalized problem (as in
+    scikit-learn): a warning, not an error; without penalty they are an error."""
+    V = rng.random((60, 12))
+    with pytest.warns(UserWarning, match="strong enough to zero the factors"):
+        res = dask_nmf.factorize(V, 3, alpha_W=50.0, init="random", random_state=0, max_iter=30)
+    assert not res.H.any()
