@@ -7,8 +7,9 @@ Kullback-Leibler costs, one pass over V per iteration, on a dask cluster.
 __version__ = "0.1.0"
 
 from .cluster import ClusterError
-from .driver import FitError, factorize
+from .driver import factorize
 from .io import InputError
+from .loop import FitError
 from .persistence import NMFResult, load
 
 __all__ = [

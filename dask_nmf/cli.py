@@ -267,8 +267,8 @@ class _Interrupts:
 
 def _fail_on_input_errors(fn, *args, **kwargs):
     from .cluster import ClusterError
-    from .driver import FitError
     from .io import InputError
+    from .loop import FitError
 
     try:
         return fn(*args, **kwargs)

@@ -36,6 +36,7 @@ import numpy as np
 import zarr
 
 from . import outputs, persistence, workers
+from .checkpoint import Checkpoints
 from .cluster import WHOLE_BLOCK_MEMORY_FRACTION, Runner, resolve_client
 from .init import custom_init, nndsvd_init, random_init, resolve_init
 from .io import (
@@ -47,110 +48,11 @@ from .io import (
     label_results,
     open_input,
 )
+from .loop import CostWatch, Iterate, IterationLoop
 from .options import check_params, is_int, regularization
-from .passes import Pass, PassBuilder, as_delayed, input_stats
+from .passes import PassBuilder, as_delayed, input_stats
 from .persistence import NMFResult
-from .solvers import Regularization, Solver, solver_class
-
-#: A rise of the cost beyond this fraction of its scale (0.5 ||V||^2 or sum V, or
-#: the starting cost if larger) is not rounding: MU never increases the cost.
-RISE_TOLERANCE = {8: 1e-8, 4: 1e-3}
-
-
-class FitError(RuntimeError):
-    """The fit broke down: the cost rose, or a loss or factor became NaN, inf or zero.
-
-    Multiplicative updates never increase their cost and keep finite, non-zero
-    factors finite and non-zero, so either V changed while the fit read it or
-    its scale is beyond what the dtype's arithmetic can carry.  The message
-    names the iteration, what was seen and what to do.
-    """
-
-
-class _CostWatch:
-    """Stops a fit whose cost rises or whose loss or factors break down.
-
-    Lee & Seung's updates (with scikit-learn's regularization) never increase
-    the regularized cost, so a rise beyond rounding means V changed under the
-    fit or its arithmetic failed; either way the result would be nonsense.
-    """
-
-    def __init__(self, solver: Solver, alpha_W: Any, alpha_H: Any):
-        self.dtype = solver.dtype
-        self.alpha_W, self.alpha_H = alpha_W, alpha_H
-        #: The loss's rounding scales with the cost's own scale (||V||^2, sum V).
-        self.scale = solver.cost_scale()
-        self.rtol = RISE_TOLERANCE.get(self.dtype.itemsize, RISE_TOLERANCE[4])
-        self.penalties: dict[int, float] = {}  # regularization terms by iteration
-        self.warned = False
-        self.last: tuple[int, float] | None = None  # the last known cost
-        self.first = 0.0
-
-    def check(self, s: int, loss: float) -> None:
-        if math.isnan(loss):
-            return  # (a KL loss not evaluated; a broken one is the pass's problem)
-        if not math.isfinite(loss):
-            self.fail(s, f"the loss became {loss}")
-        cost = loss + self.penalties.get(s, 0.0)
-        if self.last is None:
-            self.first = cost
-        else:
-            p, previous = self.last
-            slack = self.rtol * max(self.scale, self.first)
-            if cost > previous + slack:
-                raise FitError(
-                    f"the cost rose from {previous:.9g} (iteration {p}) to {cost:.9g} "
-                    f"(iteration {s}); multiplicative updates never increase it, so V "
-                    "changed while the fit read it (a chunk deleted or rewritten: V is "
-                    "re-read every pass unless kept in memory) or the arithmetic lost its "
-                    f"precision (V's values too large or too small for {self.dtype.name}: "
-                    "rescale V, or use float64)"
-                )
-        self.last = (s, cost)
-
-    def fail(self, s: int, what: str) -> None:
-        """Raise :class:`FitError` for what broke at iteration ``s``.
-
-        All-zero factors under regularization are the answer of the penalized
-        problem (scikit-learn returns them too): a warning, once, not an error.
-        """
-        regularized = self.alpha_W > 0 or (self.alpha_H != "same" and self.alpha_H > 0)
-        if what.endswith("zeros") and regularized:
-            if not self.warned:
-                self.warned = True
-                warnings.warn(
-                    f"at iteration {s} {what}: the regularization (alpha_W={self.alpha_W}, "
-                    f"alpha_H={self.alpha_H}) is strong enough to zero the factors; lower it "
-                    "for a non-trivial factorization",
-                    UserWarning,
-                    stacklevel=4,
-                )
-            return
-        if what.startswith("V changed"):
-            advice = "V must not change during a fit (keep_in_memory=True reads it once)"
-        else:
-            advice = (
-                f"V's values may be too large or too small for {self.dtype.name} "
-                "arithmetic: rescale V (e.g. divide it by its maximum) or use float64"
-            )
-        raise FitError(f"the fit broke down at iteration {s}: {what}; {advice}")
-
-
-def _value_of_H(runner: Runner, H: Any) -> np.ndarray:
-    """H itself, from H or a pass's handle of ``(H, H H^T)``."""
-    value = runner.value(H)
-    return value[0] if isinstance(value, tuple) else value
-
-
-def _converged(losses: list[float], t: int, tol: float) -> bool:
-    """scikit-learn's test, made at every 10th iteration t on ``sqrt(2 * loss)``."""
-    if tol <= 0 or t % 10 != 0 or t < 10:
-        return False
-    err0 = math.sqrt(2 * losses[0])
-    if err0 == 0:
-        return True
-    previous = math.sqrt(2 * losses[t - 10])
-    return (previous - math.sqrt(2 * losses[t])) / err0 < tol
+from .solvers import Regularization, solver_class
 
 
 def factorize(
@@ -427,27 +329,24 @@ def factorize(
         )
         # (Exits run last in, first out: the buffers go before malloc is trimmed.)
         settings.callback(runner.release_read_buffers)
+        checkpoints = None
+        if store is not None:
+            saved = None if store != checkpoint else _announce(verbose, on_checkpoint)
+            checkpoints = Checkpoints(store, runner, Vin.bounds, storage_options, saved)
         if resume_meta is not None:
-            W_h, H, losses, t = _restore(checkpoint, resume_meta, Vin, storage_options)
+            W_h, H, losses, t = checkpoints.restore(resume_meta)
+            it = Iterate(W_h, H, t, losses)
         else:
             W_src, H = custom or _initialize(init, Vin, k, stats, random_state, runner, reader)
-            W_h, losses, t = runner.place(W_src), [], 0
-            if store is not None:
+            it = Iterate(runner.place(W_src), H, 0)
+            if checkpoints is not None:
                 if claim is not None:
                     claim.clear()  # an earlier result, replaced only now (overwrite=True)
-                persistence.create_store(
-                    store,
-                    Vin.shape,
-                    k,
-                    Vin.dtype,
-                    Vin.block_rows,
-                    meta,
-                    storage_options=storage_options,
-                )
-        H = np.asarray(H, dtype=Vin.dtype)
-
-        def loss_wanted(s: int) -> bool:
-            return s % loss_every == 0 or (tol > 0 and s % 10 == 0)
+                checkpoints.create(Vin.shape, k, Vin.dtype, meta)
+        it.H = np.asarray(it.H, dtype=Vin.dtype)
+        if checkpoint is not None and resume_meta is None:
+            # State 0 at once: an interrupted run is resumable from the start.
+            it.W = checkpoints.save(it.W, it.H, 0, it.losses, False, False)
 
         def report(s: int, loss: float) -> None:
             if verbose and (s % 10 == 0 or s == max_iter) and not math.isnan(loss):
@@ -458,113 +357,24 @@ def factorize(
             if callback is not None:
                 callback(s, loss)
 
-        def save(W_h, H, t, losses, converged, finished):
-            """Write W (from the workers) and H to the spare slot, then switch to it."""
-            slot = persistence.next_slot(persistence.read_meta(store, storage_options))
-            writes = [
-                dask.delayed(persistence.write_w_block, pure=False)(
-                    store, slot, a, as_delayed(w), storage_options
-                )
-                for w, (a, _) in zip(W_h, Vin.bounds)
-            ]
-            state = {
-                "iteration": t,
-                "n_iter": t,
-                "loss_history": [float(x) for x in losses],
-                "converged": bool(converged),
-                "finished": bool(finished),
-            }
-            try:
-                runner.run(writes)
-                persistence.commit_state(store, slot, H, state, storage_options)
-            except OSError as exc:  # a full disk, a store gone read-only, ...
-                raise outputs.write_failed(store, t, exc, storage_options) from exc
-            if store == checkpoint:
-                if verbose:
-                    print(f"checkpoint: iteration {t} written to {store}")
-                if on_checkpoint is not None:
-                    on_checkpoint(t, store)
-            if not runner.distributed:
-                return W_h
-            # Read W back: blocks with no history cut the lineage here.
-            return [
-                dask.delayed(persistence.read_w_block, pure=False)(
-                    store, slot, a, b, storage_options
-                )
-                for a, b in Vin.bounds
-            ]
-
-        if checkpoint is not None and resume_meta is None:
-            # State 0 at once: an interrupted run is resumable from the start.
-            W_h = save(W_h, H, 0, losses, False, False)
-        converged = False
-        known = len(losses)  # on resume, losses may include state t's
-        watch = _CostWatch(solver, alpha_W, alpha_H)
-
-        def launch(W_h, H, s: int) -> Pass:
-            # State s's loss is unknown (the start, or deferred past a checkpoint):
-            # the pass from it computes it (used where H is given as an array).
-            first = s >= len(losses)
-            with_loss = solver.losses_every_pass or (s >= known and loss_wanted(s))
-            return fit.launch(W_h, H, s, first, with_loss)
-
-        def record(s: int, loss: float) -> None:
-            losses.append(loss)
-            watch.check(s, loss)
-            if s > 0:
-                report(s, loss)
-
-        def may_run_ahead(s: int) -> bool:
-            # Pass s may start before pass s - 1's losses are in, except from a
-            # checkpointed state (whose W blocks are replaced by their stored copies).
-            return (
-                runner.distributed
-                and fit.may_run_ahead
-                and s < max_iter
-                and not (store is not None and s % checkpoint_every == 0)
-            )
-
-        pending = launch(W_h, H, t) if t < max_iter else None
-        while pending is not None:
-            ahead = launch(pending.W, pending.state, t + 1) if may_run_ahead(t + 1) else None
-            report_ = runner.value(pending.losses)
-            watch.penalties[t] = report_.penalty_before
-            watch.penalties[t + 1] = report_.penalty_after
-            problem = report_.problem
-            if problem is not None and problem[0] == 0:
-                watch.fail(t, problem[1])
-            if len(losses) == t:
-                # The loss of the state the pass started from, where the pass knows
-                # it (NaN where it was skipped): KL's on its loss_every passes,
-                # Frobenius's at the start and where its expansion had no digits left.
-                record(t, report_.before)
-                converged = _converged(losses, t, tol)
-            if not converged:  # else state t is the answer; the pass is dropped
-                if problem is not None:
-                    watch.fail(t + 1, problem[1])
-                W_h, H, t = pending.W, pending.state, t + 1
-                if not math.isnan(report_.after):  # the loss of the state it produced
-                    record(t, report_.after)
-                    converged = _converged(losses, t, tol)
-            pending = ahead
-            if converged or t >= max_iter:
-                break
-            if store is not None and t % checkpoint_every == 0:
-                H = _value_of_H(runner, H)
-                W_h = save(W_h, H, t, losses, False, False)
-            if pending is None:
-                pending = launch(W_h, H, t)
-        if pending is not None:  # run ahead past the answer
-            runner.cancel(pending.handles())
-        H = _value_of_H(runner, H)
-        if len(losses) == t:  # the loss of the final state is still unknown
-            record(t, fit.loss_only(W_h, H))
-            converged = converged or _converged(losses, t, tol)
+        loop = IterationLoop(
+            fit,
+            solver,
+            runner,
+            max_iter=max_iter,
+            tol=tol,
+            loss_every=loss_every,
+            checkpoints=checkpoints,
+            checkpoint_every=checkpoint_every,
+            report=report,
+            watch=CostWatch(solver, alpha_W, alpha_H),
+        )
+        it = loop.run(it)
         if checkpoint is not None:
-            W_h = save(W_h, H, t, losses, converged, True)
+            it.W = checkpoints.save(it.W, it.H, it.t, it.losses, it.converged, True)
         if runner.distributed:
             # The result's blocks must not depend on the temporary store.
-            W_h, _ = runner.run([as_delayed(w) for w in W_h])
+            it.W, _ = runner.run([as_delayed(w) for w in it.W])
     except BaseException:
         if claim is not None:
             claim.abandon()  # a store this run created, with nothing complete in it
@@ -577,23 +387,35 @@ def factorize(
     W = da.concatenate(
         [
             da.from_delayed(as_delayed(w), shape=(b - a, k), dtype=Vin.dtype)
-            for w, (a, b) in zip(W_h, Vin.bounds)
+            for w, (a, b) in zip(it.W, Vin.bounds)
         ],
         axis=0,
     )
-    W, H_out = label_results(W, H, Vin.labels)
+    W, H_out = label_results(W, it.H, Vin.labels)
     result = NMFResult(
         W=W,
         H=H_out,
-        loss_history=[float(x) for x in losses],
-        n_iter=t,
-        converged=converged,
+        loss_history=[float(x) for x in it.losses],
+        n_iter=it.t,
+        converged=it.converged,
         beta_loss=algorithm.loss_name,
         params=params,
         source=Vin.source,
     )
     result.diagnostics = {"graph_tasks": fit.graph_tasks, "kept_in_memory": bool(keep_in_memory)}
     return result
+
+
+def _announce(verbose: bool, on_checkpoint: Callable | None) -> Callable[[int, Any], None]:
+    """What to do after each saved state of the user's checkpoint."""
+
+    def saved(t: int, store: Any) -> None:
+        if verbose:
+            print(f"checkpoint: iteration {t} written to {store}")
+        if on_checkpoint is not None:
+            on_checkpoint(t, store)
+
+    return saved
 
 
 def _initialize(init, Vin, k, stats, random_state, runner, reader=None):
@@ -694,17 +516,6 @@ def _check_fingerprint(meta: dict, fingerprint: dict) -> None:
                 f"(its {'sum' if key == 'sum' else 'sum of squares'} is {fingerprint[key]:.10g}, "
                 f"the checkpoint's V had {old[key]:.10g})"
             )
-
-
-def _restore(path, meta, Vin, storage_options):
-    state = meta["state"]
-    slot = state["slot"]
-    W_h = [
-        dask.delayed(persistence.read_w_block, pure=False)(path, slot, a, b, storage_options)
-        for a, b in Vin.bounds
-    ]
-    _, H, _ = persistence.read_state(path, storage_options)
-    return W_h, H, list(state["loss_history"]), int(state["iteration"])
 
 
 def input_matrix(V: Any, block_rows: int | None = None, **kw) -> InputMatrix:

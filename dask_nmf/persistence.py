@@ -198,6 +198,7 @@ class NMFResult:
             replaced (see :mod:`dask_nmf.outputs`); ``path`` may not be the
             input V, nor the store this result's W is read from.
         """
+        from .checkpoint import state_record, write_state
         from .outputs import claim_output, locate
 
         inputs = [locate(p) for p in (self.source.get("path"), self.origin) if p is not None]
@@ -217,22 +218,16 @@ class NMFResult:
                 meta,
                 storage_options=storage_options,
             )
-            slot = SLOTS[0]
-            target = zarr.open_array(
-                path, path=f"{slot}/W", mode="r+", storage_options=storage_options
-            )
             W = W_raw.rechunk((block_rows, W_raw.shape[1]))
-            da.store(W, target, lock=False)
-            commit_state(path, slot, H_raw, self._state(finished=True), storage_options)
 
-    def _state(self, finished: bool) -> dict:
-        return {
-            "iteration": int(self.n_iter),
-            "n_iter": int(self.n_iter),
-            "loss_history": [float(x) for x in self.loss_history],
-            "converged": bool(self.converged),
-            "finished": bool(finished),
-        }
+            def write_W(slot: str) -> None:
+                target = zarr.open_array(
+                    path, path=f"{slot}/W", mode="r+", storage_options=storage_options
+                )
+                da.store(W, target, lock=False)
+
+            record = state_record(self.n_iter, self.loss_history, self.converged, True)
+            write_state(path, write_W, H_raw, record, storage_options)
 
 
 def _unlabelled(x: Any) -> Any:

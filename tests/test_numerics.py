@@ -16,8 +16,8 @@ from conftest import make_low_rank, reference_loss, reference_mu, write_zarr
 
 import dask_nmf
 from dask_nmf.cli import Abort, _fail_on_input_errors, cli
-from dask_nmf.driver import FitError
 from dask_nmf.io import InputError
+from dask_nmf.loop import FitError
 
 COSTS = ["frobenius", "kullback-leibler"]
 DTYPES = [np.float32, np.float64]

@@ -59,7 +59,10 @@ class PassReport:
     and of the one it produced (NaN where the pass did not compute them);
     ``penalty_before``/``penalty_after`` their regularization terms;
     ``problem`` what broke, or None: ``(0 or 1, text)``, 0 for the state the
-    pass started from, 1 for the one it produced.
+    pass started from, 1 for the one it produced; ``done``: the solver's own
+    stopping rule, evaluated in the pass, says the state it produced is the
+    answer (for rules that are not on the loss history, see
+    :meth:`Solver.converged`).
     """
 
     before: float
@@ -67,6 +70,7 @@ class PassReport:
     penalty_before: float
     penalty_after: float
     problem: tuple[int, str] | None = None
+    done: bool = False
 
 
 class Solver:
@@ -109,6 +113,22 @@ class Solver:
     def pass_report(self, state: tuple, state_next: tuple, sums: dict, with_loss: bool):
         """A :class:`PassReport` of the pass from ``state`` to ``state_next``."""
         raise NotImplementedError
+
+    def converged(self, losses: list[float], t: int, tol: float) -> bool:
+        """Whether state t is the answer, from the loss history (``losses[t]`` is
+        state t's loss; NaN where it was not evaluated).
+
+        scikit-learn's rule for MU: every 10 iterations, stop when the decrease
+        of ``sqrt(2 * loss)`` over the last 10, relative to its initial value,
+        is below ``tol``.
+        """
+        if tol <= 0 or t % 10 != 0 or t < 10:
+            return False
+        err0 = math.sqrt(2 * losses[0])
+        if err0 == 0:
+            return True
+        previous = math.sqrt(2 * losses[t - 10])
+        return (previous - math.sqrt(2 * losses[t])) / err0 < tol
 
     # -- outside a pass -----------------------------------------------------------
     def loss_terms(self, V: Any, W: np.ndarray, H: np.ndarray) -> dict:
