@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .solvers import BETA_LOSSES, SOLVERS
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -318,9 +319,20 @@ def cli() -> None:
 @click.option("-o", "--output", required=True, help="Result zarr group (also the checkpoint).")
 @click.option(
     "--beta-loss",
-    type=click.Choice(["frobenius", "kullback-leibler"]),
+    type=click.Choice(sorted(BETA_LOSSES)),
     default="frobenius",
     show_default=True,
+    help="The cost.",
+)
+@click.option(
+    "--solver",
+    type=click.Choice(sorted({name for name, _ in SOLVERS})),
+    default="mu",
+    show_default=True,
+    help="The algorithm (mu: Lee & Seung's multiplicative updates).",
+)
+@click.option(
+    "--shuffle", is_flag=True, help="Solvers that update coordinates in turn: random order."
 )
 @click.option(
     "--init", type=click.Choice(["random", "nndsvd", "nndsvda", "nndsvdar"]), default=None
@@ -358,6 +370,8 @@ def fit(
     k,
     output,
     beta_loss,
+    solver,
+    shuffle,
     init,
     max_iter,
     tol,
@@ -445,6 +459,8 @@ def fit(
                     input_,
                     k,
                     beta_loss=beta_loss,
+                    solver=solver,
+                    shuffle=shuffle,
                     init=init,
                     max_iter=max_iter,
                     tol=tol,
@@ -537,6 +553,7 @@ def transform(
             input_,
             H,
             beta_loss=params.get("beta_loss", "frobenius"),
+            solver=params.get("solver", "mu"),
             max_iter=params.get("max_iter", 200),
             tol=params.get("tol", 1e-4),
             alpha_W=params.get("alpha_W", 0.0),

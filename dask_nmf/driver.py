@@ -60,6 +60,7 @@ def factorize(
     n_components: int,
     *,
     beta_loss: str | int = "frobenius",
+    solver: str = "mu",
     init: str | None = None,
     W_init: Any = None,
     H_init: Any = None,
@@ -86,6 +87,7 @@ def factorize(
     sample_dims: Any = None,
     feature_dims: Any = None,
     loss_every: int | None = None,
+    shuffle: bool = False,
 ) -> NMFResult:
     """Factorize a non-negative matrix V ~= W H with Lee & Seung's multiplicative updates.
 
@@ -99,6 +101,9 @@ def factorize(
         The rank k.
     beta_loss : {"frobenius", "kullback-leibler", 2, 1}
         The cost: ``0.5 * ||V - WH||^2`` or the generalized KL divergence.
+    solver : str
+        The algorithm: "mu" (Lee & Seung's multiplicative updates); see
+        :data:`dask_nmf.solvers.SOLVERS` for what is registered.
     init : {None, "random", "nndsvd", "nndsvda", "nndsvdar", "custom"}
         Like scikit-learn's; None means "nndsvda" if k <= min(m, n), else
         "random".  "custom" takes ``W_init`` and ``H_init``.
@@ -165,6 +170,9 @@ def factorize(
         iteration's loss.  The Frobenius loss comes from the update's own
         partial sums and is always known at every iteration.
 
+    shuffle : bool
+        For solvers that update coordinates in turn: randomize their order
+        (seeded by ``random_state``).
     Returns
     -------
     NMFResult
@@ -172,7 +180,7 @@ def factorize(
         ``loss_history``, ``n_iter``, ``converged``.
     """
     t_start = time.perf_counter()
-    algorithm = solver_class(beta_loss)
+    algorithm = solver_class(beta_loss, solver)
     check_params(n_components, max_iter, tol, alpha_W, alpha_H, l1_ratio)
     if not is_int(checkpoint_every) or checkpoint_every < 1:
         raise InputError(f"checkpoint_every must be a positive integer; got {checkpoint_every!r}")
@@ -234,6 +242,8 @@ def factorize(
     params = {
         "n_components": k,
         "beta_loss": algorithm.loss_name,
+        "solver": algorithm.name,
+        "shuffle": bool(shuffle),
         "init": init,
         "max_iter": int(max_iter),
         "tol": float(tol),
@@ -303,7 +313,15 @@ def factorize(
         except BaseException:
             runner.release_read_buffers()  # (on success, released when the fit ends)
             raise
-        solver = algorithm(Regularization(*reg), stats["sumsq"], stats["sum"], Vin.dtype)
+        solver = algorithm(
+            Regularization(*reg),
+            stats["sumsq"],
+            stats["sum"],
+            Vin.dtype,
+            tol=tol,
+            shuffle=shuffle,
+            random_state=random_state,
+        )
         fit = PassBuilder(runner, Vin, sources, reader, solver)
 
         store = checkpoint
@@ -438,6 +456,8 @@ def _check_resumable(meta: dict, params: dict, Vin: InputMatrix, V_places: list)
     for key in (
         "n_components",
         "beta_loss",
+        "solver",
+        "shuffle",
         "block_rows",
         "alpha_W",
         "alpha_H",
@@ -528,6 +548,7 @@ def transform(
     H: np.ndarray,
     *,
     beta_loss: str | int = "frobenius",
+    solver: str = "mu",
     max_iter: int = 200,
     tol: float = 1e-4,
     alpha_W: float = 0.0,
@@ -547,7 +568,7 @@ def transform(
     dask.array.Array
         Lazy, m x k, chunked by V's row blocks.
     """
-    algorithm = solver_class(beta_loss)
+    algorithm = solver_class(beta_loss, solver)
     H = np.asarray(H)
     k, n = H.shape
     check_params(k, max_iter, tol, alpha_W, 0.0, l1_ratio)
@@ -566,7 +587,7 @@ def transform(
     stats = input_stats(runner, sources)
     check_stats(stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
     reg = regularization(Vin.shape, alpha_W, 0.0, l1_ratio)
-    solver = algorithm(Regularization(*reg), stats["sumsq"], stats["sum"], H.dtype)
+    solver = algorithm(Regularization(*reg), stats["sumsq"], stats["sum"], H.dtype, tol=tol)
     w_start = float(np.sqrt(stats["sum"] / (Vin.shape[0] * n) / k))
     Hd = dask.delayed(H, name=f"nmf-H-{uuid.uuid4().hex}")
     blocks = [

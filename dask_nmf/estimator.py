@@ -29,7 +29,7 @@ from .init import INITS, resolve_init
 from .io import InputError
 from .options import check_params, is_int
 from .persistence import load
-from .solvers import solver_class
+from .solvers import SOLVERS, solver_class
 
 
 class ParameterError(InputError, InvalidParameterError):
@@ -146,6 +146,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ``fit_transform`` with ``init="custom"``, else n_features.
     init : {None, "random", "nndsvd", "nndsvda", "nndsvdar", "custom"}, default=None
         As in scikit-learn; "custom" uses the W and H given to ``fit_transform``.
+    solver : str, default="mu"
+        The algorithm (see :data:`dask_nmf.solvers.SOLVERS`): "mu", Lee & Seung's
+        multiplicative updates.  (scikit-learn's default is "cd".)
     beta_loss : {"frobenius", "kullback-leibler", 2, 1}, default="frobenius"
         The cost.  (scikit-learn's other beta values are not implemented.)
     tol : float, default=1e-4
@@ -168,6 +171,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         KL only: evaluate the loss every ``loss_every`` iterations (default
         10; the others are NaN in ``loss_history_``).  See
         :func:`dask_nmf.factorize`.
+
+    shuffle : bool, default=False
+        For solvers that update coordinates in turn: randomize their order.
 
     Attributes
     ----------
@@ -199,6 +205,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             StrOptions({"auto"}),
         ],
         "init": [StrOptions(set(INITS)), None],
+        "solver": [StrOptions({name for name, _ in SOLVERS})],
+        "shuffle": ["boolean"],
         "beta_loss": [StrOptions({"frobenius", "kullback-leibler"}), Options(Real, {1, 2})],
         "tol": [Interval(Real, 0, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
@@ -217,6 +225,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         n_components: int | str | None = "auto",
         *,
         init: str | None = None,
+        solver: str = "mu",
         beta_loss: str | int = "frobenius",
         tol: float = 1e-4,
         max_iter: int = 200,
@@ -228,9 +237,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         block_rows: int | None = None,
         keep_in_memory: bool | None = None,
         loss_every: int | None = None,
+        shuffle: bool = False,
     ):
         self.n_components = n_components
         self.init = init
+        self.solver = solver
         self.beta_loss = beta_loss
         self.tol = tol
         self.max_iter = max_iter
@@ -242,12 +253,13 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.block_rows = block_rows
         self.keep_in_memory = keep_in_memory
         self.loss_every = loss_every
+        self.shuffle = shuffle
 
     def _our_parameter_message(self) -> str | None:
         """The solver's own message for the first bad parameter, or None."""
         k = self.n_components
         try:
-            solver_class(self.beta_loss)
+            solver_class(self.beta_loss, self.solver)
             check_params(
                 1 if k is None or (isinstance(k, str) and k == "auto") else k,
                 self.max_iter,
@@ -360,6 +372,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             X,
             int(k),
             beta_loss=self.beta_loss,
+            solver=self.solver,
+            shuffle=self.shuffle,
             init=self.init,
             W_init=W,
             H_init=H,
@@ -461,6 +475,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             X,
             H,
             beta_loss=self.beta_loss,
+            solver=self.solver,
             max_iter=self.max_iter,
             tol=self.tol,
             alpha_W=self.alpha_W,

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from ..io import InputError
 from .base import PassReport, Regularization, Solver
 from .mu_frobenius import FrobeniusMU
 from .mu_kl import KullbackLeiblerMU
@@ -37,6 +36,8 @@ __all__ = [
 
 def beta_of(beta_loss: Any) -> float:
     """The beta of a ``beta_loss`` value (a name or a number), or :class:`InputError`."""
+    from ..io import InputError
+
     if isinstance(beta_loss, str) and beta_loss in BETA_LOSSES:
         return BETA_LOSSES[beta_loss]
     if isinstance(beta_loss, (int, float, np.number)) and not isinstance(beta_loss, bool):
@@ -48,6 +49,8 @@ def beta_of(beta_loss: Any) -> float:
 
 def solver_class(beta_loss: Any, solver: str = "mu") -> type[Solver]:
     """The :class:`Solver` for ``solver`` and ``beta_loss``, or :class:`InputError`."""
+    from ..io import InputError
+
     beta = beta_of(beta_loss)
     try:
         return SOLVERS[(solver, beta)]

@@ -83,6 +83,9 @@ class Solver:
         ``||V||^2`` and ``sum V`` from the validation pass.
     dtype : numpy dtype
         The dtype the fit computes in.
+    tol, shuffle, random_state
+        The fit's stopping tolerance, and for solvers that update coordinates
+        in turn, whether to randomize their order and the seed.
     """
 
     #: The ``solver=`` name and the cost's name and beta.
@@ -92,9 +95,20 @@ class Solver:
     #: Whether every pass computes its losses from its sums (no option to skip them).
     losses_every_pass: ClassVar[bool] = False
 
-    def __init__(self, reg: Regularization, norm_v2: float, v_sum: float, dtype: Any):
+    def __init__(
+        self,
+        reg: Regularization,
+        norm_v2: float,
+        v_sum: float,
+        dtype: Any,
+        *,
+        tol: float = 0.0,
+        shuffle: bool = False,
+        random_state: Any = None,
+    ):
         self.reg, self.norm_v2, self.v_sum = reg, float(norm_v2), float(v_sum)
         self.dtype = np.dtype(dtype)
+        self.tol, self.shuffle, self.random_state = float(tol), bool(shuffle), random_state
 
     # -- the pass ---------------------------------------------------------------
     def start(self, H: np.ndarray, loss_unknown: bool = False) -> tuple:
