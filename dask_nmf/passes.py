@@ -88,6 +88,33 @@ def _tree_reduce_keys(dsk: dict, keys: list, combine: Callable, prefix: str) -> 
     return _reduction_tree(keys, node)
 
 
+def describe_key(key: Any) -> dict | None:
+    """What a key of a pass graph stands for, or None for other keys.
+
+    ``{"role": "step" | "W" | "W-in" | "V" | "sum" | "state" | "next-state"
+    | "report", "pass": t, "block": i}`` (``block`` for per-block keys only).
+    A diagnostics hook for tests and for reading the dashboard: the key format
+    itself is not an interface.
+    """
+    parts = str(key).split("-")
+    if len(parts) < 3 or parts[0] != "nmf":
+        return None
+    role, rest = parts[1], parts[2:]
+    if role == "V" and len(rest) == 2:  # nmf-V-<token>-<i>: a block of V kept in a graph
+        return {"role": "V", "block": int(rest[1])}
+    if len(rest) < 2 or not rest[1].isdigit():
+        return None
+    out = {"pass": int(rest[1])}
+    if role in ("step", "Wnew", "W") and len(rest) == 3:
+        roles = {"step": "step", "Wnew": "W", "W": "W-in"}
+        return dict(out, role=roles[role], block=int(rest[2]))
+    if role == "state":
+        return dict(out, role="next-state" if rest[2:] == ["next"] else "state")
+    if role in ("sum", "losses"):
+        return dict(out, role="sum" if role == "sum" else "report")
+    return None
+
+
 def input_stats(
     runner: Runner, sources: list, reader: BlockReader | None = None, bounds: list | None = None
 ) -> dict:
@@ -146,8 +173,19 @@ class PassBuilder:
         self.may_run_ahead = all(in_memory(v) for v in self.source_graph.values())
 
     def launch(self, W: list, state: Any, t: int, first: bool, with_loss: bool) -> Pass:
-        """Start pass t from state t: W's blocks and ``state``, H or a handle of
-        the previous pass's state (see :class:`~dask_nmf.solvers.base.Solver`).
+        """Submit pass t (see :meth:`build`); returns its handles."""
+        dsk, keys, owners = self.build(W, state, t, first, with_loss)
+        self.graph_tasks.append(len(dsk))
+        handles = self.runner.submit_graph(dsk, keys, owners)
+        return Pass(W=handles[:-2], state=handles[-2], losses=handles[-1])
+
+    def build(self, W: list, state: Any, t: int, first: bool, with_loss: bool) -> tuple:
+        """The graph of pass t from state t: W's blocks and ``state``, H or a handle
+        of the previous pass's state (see :class:`~dask_nmf.solvers.base.Solver`).
+
+        Returns ``(graph, keys, owners)``: the plain dask graph; its output keys
+        (the new W blocks, the next state, the report); the block pinning (or
+        None).
 
         ``first``: state t is given as H and its loss is not known yet (the
         start, a checkpoint or resume whose loss was deferred), so the pass
@@ -186,10 +224,8 @@ class PassBuilder:
         dsk[state_next] = (self.solver.next_state, state, total)
         losses = f"nmf-losses-{tag}"
         dsk[losses] = (self.solver.pass_report, state, state_next, total, with_loss)
-        self.graph_tasks.append(len(dsk))
         owners = BlockOwners(f"nmf-step-{tag}-", self.owners) if self.owners else None
-        handles = self.runner.submit_graph(dsk, [*w_keys, state_next, losses], owners)
-        return Pass(W=handles[:-2], state=handles[-2], losses=handles[-1])
+        return dsk, [*w_keys, state_next, losses], owners
 
     def loss_only(self, W: list, H: np.ndarray) -> float:
         """The loss at (W, H) by a separate pass (where no pass gave it: the end of a

@@ -163,3 +163,29 @@ def s3():
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+# -- the fast tier: ``pytest -m "not slow"`` ------------------------------------
+#: Modules that start clusters, servers or subprocesses throughout.
+SLOW_MODULES = {
+    "test_cli",
+    "test_cluster",
+    "test_examples",
+    "test_fault_tolerance",
+    "test_health",
+    "test_hostile_inputs",
+    "test_object_storage",
+    "test_sklearn_conformance",
+    "test_workers",
+}
+#: Fixtures that start a multi-process cluster or an S3 server.
+SLOW_FIXTURES = {"cluster_client", "s3"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+        elif "sigkill" in item.name:
+            item.add_marker(pytest.mark.slow)

@@ -13,6 +13,7 @@ from distributed import Client, Future
 from sklearn.decomposition import NMF as SkNMF
 
 import dask_nmf
+from dask_nmf.passes import describe_key
 
 COSTS = ["frobenius", "kullback-leibler"]
 
@@ -22,14 +23,13 @@ def scheduler_tasks(client) -> int:
 
 
 def passes_at_scheduler(dask_scheduler) -> set[int]:
-    """(On the scheduler) the iterations t whose block steps ``nmf-step-<token>-<t>-<i>``
-    or W blocks ``nmf-Wnew-<token>-<t>-<i>`` it holds.  (A pass that has already
-    finished keeps only its W blocks, which the client holds.)"""
-    return {
-        int(str(key).split("-")[3])
-        for key in dask_scheduler.tasks
-        if str(key).startswith(("nmf-step-", "nmf-Wnew-"))
-    }
+    """(On the scheduler) the iterations t whose block steps or new W blocks it
+    holds.  (A pass that has already finished keeps only its W blocks, which
+    the client holds.)"""
+    from dask_nmf.passes import describe_key
+
+    roles = [describe_key(key) for key in dask_scheduler.tasks]
+    return {r["pass"] for r in roles if r and r["role"] in ("step", "W")}
 
 
 @pytest.mark.parametrize("beta_loss", COSTS)
@@ -123,7 +123,9 @@ def test_W_stays_on_the_workers(cluster_client, V_small, monkeypatch):
     )
     monkeypatch.setattr(Client, "_gather", real)
     # one small reduced result per iteration (plus set-up), never a W block
-    assert all(not str(k).startswith("getitem") for k in gathered), gathered
+    roles = [r["role"] for r in map(describe_key, gathered) if r]
+    assert roles.count("report") == 12 and set(roles) <= {"report", "next-state"}, gathered
+    assert not any("read_w_block" in str(k) for k in gathered), gathered
     assert len(gathered) <= 12 + 3
     futures = [v for v in dict(res.W.__dask_graph__()).values() if isinstance(v, Future)]
     assert len(futures) == 4
@@ -199,9 +201,9 @@ def test_out_of_core_blocks_stay_on_balanced_workers(cluster_client, zarr_V):
         )
     where: dict[int, set] = {}
     for task in stream.data:
-        key = str(task["key"])
-        if key.startswith("nmf-step-") and not key.split("-")[-2] == "0":  # iterations >= 1
-            where.setdefault(int(key.split("-")[-1]), set()).add(task["worker"])
+        role = describe_key(task["key"])
+        if role and role["role"] == "step" and role["pass"] >= 1:
+            where.setdefault(role["block"], set()).add(task["worker"])
     # V's blocks are never task results, in the validation/statistics pass neither
     assert not any("from-zarr" in str(t["key"]) for t in stream.data)
     assert sum(str(t["key"]).startswith("_stats_of_rows") for t in stream.data) == 8

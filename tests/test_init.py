@@ -213,28 +213,29 @@ def test_nndsvd_passes_run_on_the_given_cluster(zarr_V_16mb, cluster_client, mon
 
     path, _ = zarr_V_16mb
     local_reads = []
-    real_get = LocalStore.get
+    real_get, real_get_sync = LocalStore.get, LocalStore.get_sync
 
     async def counting_get(self, key, *args, **kwargs):
         if key.startswith("c/"):
             local_reads.append(key)
         return await real_get(self, key, *args, **kwargs)
 
+    def counting_get_sync(self, key, *args, **kwargs):
+        if key.startswith("c/"):
+            local_reads.append(key)
+        return real_get_sync(self, key, *args, **kwargs)
+
+    # Both ways zarr reads a local chunk (the fused reader reads synchronously).
     monkeypatch.setattr(LocalStore, "get", counting_get)
+    monkeypatch.setattr(LocalStore, "get_sync", counting_get_sync)
+    kw = dict(init="nndsvda", max_iter=2, tol=0, block_rows=200, keep_in_memory=False)
     with dask.config.set(scheduler="threads"):  # dask's default here: a local thread pool
-        res = dask_nmf.factorize(
-            path,
-            4,
-            init="nndsvda",
-            max_iter=2,
-            tol=0,
-            client=cluster_client,
-            block_rows=200,
-            keep_in_memory=False,
-        )
+        res = dask_nmf.factorize(path, 4, client=cluster_client, **kw)
     assert local_reads == []
+    # The spies see this process's reads: the same fit on the local scheduler makes them.
+    local = dask_nmf.factorize(path, 4, **kw)
+    assert len(local_reads) > 0
     monkeypatch.undo()
-    local = dask_nmf.factorize(path, 4, init="nndsvda", max_iter=2, tol=0, block_rows=200)
     np.testing.assert_allclose(res.H, local.H, rtol=1e-8)
 
 
