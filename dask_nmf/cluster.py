@@ -362,7 +362,7 @@ class Runner:
         """A context in which BLAS uses cores / dask threads threads (local scheduler).
 
         dask's threads each call BLAS; with BLAS's own threads on top the cores
-        are oversubscribed (2 x 2 threads on 2 cores ran 5-10x slower here).  Set
+        are oversubscribed, several times slower than either alone.  Set
         once around the whole fit, because the limit is process-wide and per-task
         limits would race.  Workers of a distributed cluster already run BLAS on
         one thread (dask's nanny sets OMP/OPENBLAS/MKL_NUM_THREADS=1).
@@ -404,10 +404,8 @@ class Runner:
         zarr V in pieces of at most half a block, of which it holds about six
         per thread at its peak.  Blocks of such a V get at most ``fraction``
         (1/8) of a worker's memory limit per thread: fewer, larger blocks mean
-        fewer tasks per iteration (with 1/16, iterations out of core took ~10 %
-        longer on 2 x 320 MiB workers), and workers stay below dask's 60 %
-        memory target (the hyperspectral example: 593 MiB of a 1 GiB worker at
-        its peak; 799 MiB when the SVD read whole blocks of this size).  Any
+        fewer tasks per iteration, and a worker's peak (a block, its
+        temporaries, the SVD's pieces) stays below dask's 60 % memory target.  Any
         other lazy V (a dask array, xarray, a sparse store) is read by the SVD
         in whole blocks, which get 1/16.
         """

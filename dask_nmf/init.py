@@ -131,9 +131,8 @@ def _svd_input(V: InputMatrix, reader: BlockReader | None) -> da.Array:
 
     Re-read from a dense zarr store, V comes in pieces of at most half a block,
     each decoded inside the task that uses it: dask's ``svd_compressed`` holds
-    several pieces per worker thread at its peak (about six), which with whole
-    blocks set the limit on the block size (the hyperspectral example: 799 MiB
-    of a 1 GiB worker with 92 MiB blocks, 593 MiB in pieces).  Pieces are whole
+    several pieces per worker thread at its peak (about six), so pieces smaller
+    than blocks let blocks be larger for the same peak memory.  Pieces are whole
     stored chunks where a block holds two or more; otherwise they split chunks,
     which are then decoded twice, in these few passes only.
     """
@@ -179,11 +178,10 @@ def nndsvd_init(
         # precision, as scikit-learn's initializations do.
         Vd = Vd.astype(np.float64)
     # compute=True: each product with V is computed on its own, so V is read
-    # once per pass and dropped.  Lazily, all six passes were one graph sharing
-    # V's blocks, which dask then held until the last pass needed them: on the
-    # hyperspectral example (V 3x the workers' memory) that took 50 s, not 25,
-    # and 825 MiB per 1 GiB worker, not 670.  On a cluster the passes must go to
-    # the fit's client, which need not be dask's default scheduler.
+    # once per pass and never held between passes (as one lazy graph, the
+    # passes would share V's blocks and dask would keep them until the last).
+    # On a cluster the passes go to the fit's client, which need not be dask's
+    # default scheduler.
     client = getattr(runner, "client", None)
     with dask.config.set(scheduler=client) if client is not None else contextlib.nullcontext():
         U, S, Vt = da.linalg.svd_compressed(

@@ -149,8 +149,8 @@ class PassBuilder:
         self.solver = solver
         self.token = uuid.uuid4().hex[:8]
         self.graph_tasks: list[int] = []
-        # The iteration graph is a plain dict: building it through dask.delayed
-        # cost ~3 ms per block and iteration here, a quarter of a Frobenius pass.
+        # The iteration graph is a plain dict: dask.delayed's per-call overhead,
+        # paid per block and iteration, would be a sizeable part of a pass.
         self.source_graph: dict = {}
         if reader is not None:
             # V's blocks are read inside the tasks that update them: no block of V

@@ -6,8 +6,8 @@ off glibc's adaptive thresholds, so every allocation above 128 KiB -- each
 decoded zarr chunk, each compressed chunk read from disk, each block
 temporary -- is a fresh ``mmap`` whose pages fault in one by one.  Reading V
 out of core allocates and frees block-sized buffers many times per second;
-in a worker that made decoding 2x slower than in a plain process (page faults,
-mostly system time: see benchmarks/README.md).
+in a worker each of those pays its page faults again (see benchmarks/README.md
+for what that costs).
 
 During a fit we let glibc keep a bounded amount of freed memory for reuse, the
 way its adaptive thresholds would, and restore the nanny's settings at the
@@ -81,8 +81,7 @@ def tuned_for_blocks(client: Any, block_bytes: int):
     """Around a fit on ``client``'s workers: malloc keeps freed blocks for reuse.
 
     Each worker may keep ``4 * block_bytes`` of freed memory (a block and the
-    temporaries of its update), at most 1/16 of its memory limit (1/8 was no
-    faster out of core and held 30 MiB more per worker), so dask's memory
+    temporaries of its update), at most 1/16 of its memory limit, so dask's memory
     manager still sees the workers well below its thresholds.  On exit the
     nanny's settings come back.
     """

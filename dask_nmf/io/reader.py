@@ -73,9 +73,9 @@ class BlockReader:
     fused read-and-update steps.
 
     dask tokenizes every argument of a graph submitted to a cluster, every
-    iteration; normalizing a ``zarr.Array`` took ~1.3 ms, so it is hidden
-    behind a token made once (the array itself still travels with the task,
-    1.3 kB pickled).
+    iteration; normalizing a ``zarr.Array`` is slow, so it is hidden behind a
+    token made once (the array itself still travels with the task, small when
+    pickled).
     """
 
     def __init__(self, array: zarr.Array | ZarrCSR, dtype: Any):
