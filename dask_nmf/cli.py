@@ -423,7 +423,22 @@ def fit(
         raise Abort("--resume and --overwrite contradict each other")
     # Cheap checks of the options, the store (exists, is an array) and OUTPUT
     # (absent or ours, not V) before any cluster starts.
-    _fail_on_input_errors(options.check_params, k, max_iter, tol, alpha_w, alpha_h, l1_ratio)
+    fit_options = _fail_on_input_errors(
+        options.FitOptions,
+        k,
+        beta_loss=beta_loss,
+        solver=solver,
+        init=init,
+        max_iter=max_iter,
+        tol=tol,
+        random_state=seed,
+        alpha_W=alpha_w,
+        alpha_H=alpha_h,
+        l1_ratio=l1_ratio,
+        shuffle=shuffle,
+        loss_every=10 if loss_every is None else loss_every,
+        checkpoint_every=checkpoint_every,
+    )
     _fail_on_input_errors(
         driver.input_matrix, input_, block_rows, array=array_name, dtype=dtype, **xr_opts
     )
@@ -455,25 +470,13 @@ def fit(
             with interrupts, warnings.catch_warnings():
                 warnings.simplefilter("ignore", driver.ResumeNote)  # (said above)
                 res = _fail_on_input_errors(
-                    driver.factorize,
+                    driver.fit,
                     input_,
-                    k,
-                    beta_loss=beta_loss,
-                    solver=solver,
-                    shuffle=shuffle,
-                    init=init,
-                    max_iter=max_iter,
-                    tol=tol,
-                    random_state=seed,
-                    alpha_W=alpha_w,
-                    alpha_H=alpha_h,
-                    l1_ratio=l1_ratio,
+                    fit_options,
                     block_rows=block_rows,
                     client=client,
                     callback=progress,
                     checkpoint=output,
-                    checkpoint_every=checkpoint_every,
-                    loss_every=loss_every,
                     resume=resume,
                     overwrite=overwrite,
                     array=array_name,

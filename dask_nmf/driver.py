@@ -49,7 +49,7 @@ from .io import (
     open_input,
 )
 from .loop import CostWatch, Iterate, IterationLoop
-from .options import check_params, is_int, regularization
+from .options import FitOptions, check_params, regularization
 from .passes import PassBuilder, as_delayed, input_stats
 from .persistence import NMFResult
 from .solvers import Regularization, solver_class
@@ -179,17 +179,76 @@ def factorize(
         ``W`` (dask array, row blocks aligned with V's), ``H`` (NumPy),
         ``loss_history``, ``n_iter``, ``converged``.
     """
-    t_start = time.perf_counter()
-    algorithm = solver_class(beta_loss, solver)
-    check_params(n_components, max_iter, tol, alpha_W, alpha_H, l1_ratio)
-    if not is_int(checkpoint_every) or checkpoint_every < 1:
-        raise InputError(f"checkpoint_every must be a positive integer; got {checkpoint_every!r}")
-    if loss_every is None:
-        loss_every = 10
-    if not is_int(loss_every) or loss_every < 1:
-        raise InputError(f"loss_every must be a positive integer; got {loss_every!r}")
     if init is None and W_init is not None and H_init is not None:
         init = "custom"
+    options = FitOptions(
+        n_components,
+        beta_loss=beta_loss,
+        solver=solver,
+        init=init,
+        max_iter=max_iter,
+        tol=tol,
+        random_state=random_state,
+        alpha_W=alpha_W,
+        alpha_H=alpha_H,
+        l1_ratio=l1_ratio,
+        shuffle=shuffle,
+        loss_every=10 if loss_every is None else loss_every,
+        checkpoint_every=checkpoint_every,
+    )
+    return fit(
+        V,
+        options,
+        W_init=W_init,
+        H_init=H_init,
+        block_rows=block_rows,
+        client=client,
+        callback=callback,
+        verbose=verbose,
+        checkpoint=checkpoint,
+        resume=resume,
+        overwrite=overwrite,
+        keep_in_memory=keep_in_memory,
+        array=array,
+        dtype=dtype,
+        storage_options=storage_options,
+        on_checkpoint=on_checkpoint,
+        variable=variable,
+        sample_dims=sample_dims,
+        feature_dims=feature_dims,
+    )
+
+
+def fit(
+    V: Any,
+    options: FitOptions,
+    *,
+    W_init: Any = None,
+    H_init: Any = None,
+    block_rows: int | None = None,
+    client: Any = None,
+    callback: Callable[[int, float], Any] | None = None,
+    verbose: bool = False,
+    checkpoint: Any = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    keep_in_memory: bool | None = None,
+    array: str | None = None,
+    dtype: Any = None,
+    storage_options: dict | None = None,
+    on_checkpoint: Callable[[int, Any], Any] | None = None,
+    variable: str | None = None,
+    sample_dims: Any = None,
+    feature_dims: Any = None,
+) -> NMFResult:
+    """:func:`factorize` with its options already made (what the estimator and
+    the command line call, having validated the options before anything else).
+
+    Flow: open V → claim the output → validate V → solver and initial state →
+    :class:`~dask_nmf.loop.IterationLoop` → result.  The parameters are
+    :func:`factorize`'s.
+    """
+    t_start = time.perf_counter()
     if resume and checkpoint is None:
         raise InputError("resume=True needs checkpoint= naming the store to resume from")
 
@@ -217,8 +276,8 @@ def factorize(
             Vin = open_input(V, None, **opening)
     runner.expect_blocks(Vin, checkpoint, storage_options)  # (for ClusterError's messages)
     m, n = Vin.shape
-    k = int(n_components)
-    init = resolve_init(init, k, Vin.shape)
+    k = options.n_components
+    init = resolve_init(options.init, k, Vin.shape)
     custom = None
     if init == "custom" and not resume:
         if W_init is None or H_init is None:
@@ -238,23 +297,7 @@ def factorize(
             UserWarning,
             stacklevel=2,
         )
-    reg = regularization(Vin.shape, alpha_W, alpha_H, l1_ratio)
-    params = {
-        "n_components": k,
-        "beta_loss": algorithm.loss_name,
-        "solver": algorithm.name,
-        "shuffle": bool(shuffle),
-        "init": init,
-        "max_iter": int(max_iter),
-        "tol": float(tol),
-        "random_state": random_state if is_int(random_state) else None,
-        "alpha_W": float(alpha_W),
-        "alpha_H": alpha_H if alpha_H == "same" else float(alpha_H),
-        "l1_ratio": float(l1_ratio),
-        "block_rows": Vin.block_rows,
-        "dtype": Vin.dtype.name,
-        "checkpoint_every": int(checkpoint_every),
-    }
+    params = dict(options.record(), init=init, block_rows=Vin.block_rows, dtype=Vin.dtype.name)
 
     # The output is taken before V is read: refused unless it is absent or ours,
     # and locked against other runs until this one ends.
@@ -279,7 +322,7 @@ def factorize(
         if resume:
             resume_meta = claim.marker
             _check_resumable(resume_meta, params, Vin, V_places)
-            done, note = finished_run(resume_meta, max_iter)
+            done, note = finished_run(resume_meta, options.max_iter)
             if done:
                 warnings.warn(f"{checkpoint!r}: {note}", ResumeNote, stacklevel=2)
                 return persistence.load(checkpoint, storage_options)
@@ -313,16 +356,8 @@ def factorize(
         except BaseException:
             runner.release_read_buffers()  # (on success, released when the fit ends)
             raise
-        solver = algorithm(
-            Regularization(*reg),
-            stats["sumsq"],
-            stats["sum"],
-            Vin.dtype,
-            tol=tol,
-            shuffle=shuffle,
-            random_state=random_state,
-        )
-        fit = PassBuilder(runner, Vin, sources, reader, solver)
+        solver = options.solver_for(Vin.shape, stats, Vin.dtype)
+        passes = PassBuilder(runner, Vin, sources, reader, solver)
 
         store = checkpoint
         if store is None and runner.distributed:
@@ -339,7 +374,7 @@ def factorize(
         meta = {
             "params": params,
             "input": dict(Vin.source, fingerprint=fingerprint),
-            "beta_loss": algorithm.loss_name,
+            "beta_loss": solver.loss_name,
         }
         settings.enter_context(runner.blas_limits())
         settings.enter_context(
@@ -355,7 +390,9 @@ def factorize(
             W_h, H, losses, t = checkpoints.restore(resume_meta)
             it = Iterate(W_h, H, t, losses)
         else:
-            W_src, H = custom or _initialize(init, Vin, k, stats, random_state, runner, reader)
+            W_src, H = custom or _initialize(
+                init, Vin, k, stats, options.random_state, runner, reader
+            )
             it = Iterate(runner.place(W_src), H, 0)
             if checkpoints is not None:
                 if claim is not None:
@@ -367,7 +404,7 @@ def factorize(
             it.W = checkpoints.save(it.W, it.H, 0, it.losses, False, False)
 
         def report(s: int, loss: float) -> None:
-            if verbose and (s % 10 == 0 or s == max_iter) and not math.isnan(loss):
+            if verbose and (s % 10 == 0 or s == options.max_iter) and not math.isnan(loss):
                 print(
                     f"Epoch {s:02d} reached after {time.perf_counter() - t_start:.3f} seconds, "
                     f"error: {math.sqrt(2 * loss):f}"
@@ -376,16 +413,16 @@ def factorize(
                 callback(s, loss)
 
         loop = IterationLoop(
-            fit,
+            passes,
             solver,
             runner,
-            max_iter=max_iter,
-            tol=tol,
-            loss_every=loss_every,
+            max_iter=options.max_iter,
+            tol=options.tol,
+            loss_every=options.loss_every,
             checkpoints=checkpoints,
-            checkpoint_every=checkpoint_every,
+            checkpoint_every=options.checkpoint_every,
             report=report,
-            watch=CostWatch(solver, alpha_W, alpha_H),
+            watch=CostWatch(solver, options.alpha_W, options.alpha_H),
         )
         it = loop.run(it)
         if checkpoint is not None:
@@ -416,11 +453,11 @@ def factorize(
         loss_history=[float(x) for x in it.losses],
         n_iter=it.t,
         converged=it.converged,
-        beta_loss=algorithm.loss_name,
+        beta_loss=solver.loss_name,
         params=params,
         source=Vin.source,
     )
-    result.diagnostics = {"graph_tasks": fit.graph_tasks, "kept_in_memory": bool(keep_in_memory)}
+    result.diagnostics = {"graph_tasks": passes.graph_tasks, "kept_in_memory": bool(keep_in_memory)}
     return result
 
 

@@ -25,11 +25,10 @@ from sklearn.utils.validation import (
 
 from . import driver
 from .cluster import Runner, resolve_client
-from .init import INITS, resolve_init
 from .io import InputError
-from .options import check_params, is_int
+from .options import INITS, FitOptions, is_int
 from .persistence import load
-from .solvers import SOLVERS, solver_class
+from .solvers import SOLVERS
 
 
 class ParameterError(InputError, InvalidParameterError):
@@ -255,20 +254,28 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.loss_every = loss_every
         self.shuffle = shuffle
 
+    def _options(self, k: int) -> FitOptions:
+        """The fit's options (validated as they are made)."""
+        return FitOptions(
+            k,
+            beta_loss=self.beta_loss,
+            solver=self.solver,
+            init=self.init,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            random_state=self.random_state,
+            alpha_W=self.alpha_W,
+            alpha_H=self.alpha_H,
+            l1_ratio=self.l1_ratio,
+            shuffle=self.shuffle,
+            loss_every=10 if self.loss_every is None else self.loss_every,
+        )
+
     def _our_parameter_message(self) -> str | None:
         """The solver's own message for the first bad parameter, or None."""
         k = self.n_components
         try:
-            solver_class(self.beta_loss, self.solver)
-            check_params(
-                1 if k is None or (isinstance(k, str) and k == "auto") else k,
-                self.max_iter,
-                self.tol,
-                self.alpha_W,
-                self.alpha_H,
-                self.l1_ratio,
-            )
-            resolve_init(self.init, 1, (1, 1))
+            self._options(1 if k is None or (isinstance(k, str) and k == "auto") else k)
             _positive_int_or_none(self.block_rows, "block_rows")
             _positive_int_or_none(self.loss_every, "loss_every")
         except InputError as exc:
@@ -366,27 +373,14 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 )
         self._n_components = int(k)  # (scikit-learn's name for the rank in use)
         # Our own checks too (finite alpha and tol), before V is sent anywhere.
-        check_params(k, self.max_iter, self.tol, self.alpha_W, self.alpha_H, self.l1_ratio)
-
-        res = driver.factorize(
+        res = driver.fit(
             X,
-            int(k),
-            beta_loss=self.beta_loss,
-            solver=self.solver,
-            shuffle=self.shuffle,
-            init=self.init,
+            self._options(int(k)),
             W_init=W,
             H_init=H,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            random_state=self.random_state,
-            alpha_W=self.alpha_W,
-            alpha_H=self.alpha_H,
-            l1_ratio=self.l1_ratio,
             block_rows=self.block_rows,
             verbose=bool(self.verbose),
             keep_in_memory=self.keep_in_memory,
-            loss_every=self.loss_every,
         )
         if not res.converged and self.tol > 0:
             warnings.warn(

@@ -26,8 +26,8 @@ from .io import (
     row_bounds,
     rows_array,
 )
+from .options import INITS
 
-INITS = ("random", "nndsvd", "nndsvda", "nndsvdar", "custom")
 #: scikit-learn zeroes NNDSVD entries below this before filling them.
 _NNDSVD_EPS = 1e-6
 

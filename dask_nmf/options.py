@@ -1,16 +1,18 @@
-"""Checks of the fit's options (all made before any data is read) and
+"""The fit's options: one :class:`FitOptions`, validated once when it is made
+(before any cluster starts or any data is read), used alike by
+:func:`dask_nmf.factorize`, the estimator and the command line; and
 scikit-learn's scaling of the regularization."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from .io import (
-    InputError,
-)
+from .io import InputError
+from .solvers import Regularization, Solver, solver_class
 
 
 # --------------------------------------------------------------------------
@@ -64,3 +66,75 @@ def regularization(
         m * alpha_H * l1_ratio,
         m * alpha_H * (1.0 - l1_ratio),
     )
+
+
+#: Initializations by name (``custom`` takes W and H given by the caller).
+INITS = ("random", "nndsvd", "nndsvda", "nndsvdar", "custom")
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """What to fit: the algorithm and its settings, independent of V and of where it runs.
+
+    Making one checks every value (:class:`InputError` naming the first bad
+    one); the rest of the package takes them as valid.  See
+    :func:`dask_nmf.factorize` for what each means.
+    """
+
+    n_components: int
+    beta_loss: Any = "frobenius"
+    solver: str = "mu"
+    init: str | None = None
+    max_iter: int = 200
+    tol: float = 1e-4
+    random_state: Any = None
+    alpha_W: float = 0.0
+    alpha_H: float | str = "same"
+    l1_ratio: float = 0.0
+    shuffle: bool = False
+    loss_every: int = 10
+    checkpoint_every: int = 10
+
+    def __post_init__(self) -> None:
+        check_params(
+            self.n_components, self.max_iter, self.tol, self.alpha_W, self.alpha_H, self.l1_ratio
+        )
+        solver_class(self.beta_loss, self.solver)
+        if self.init is not None and self.init not in INITS:
+            raise InputError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        for name in ("loss_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 1:
+                raise InputError(f"{name} must be a positive integer; got {value!r}")
+
+    @property
+    def algorithm(self) -> type[Solver]:
+        """The solver class (from the registry)."""
+        return solver_class(self.beta_loss, self.solver)
+
+    def regularization(self, shape: tuple[int, int]) -> Regularization:
+        """The penalties scaled for V of ``shape`` (see :func:`regularization`)."""
+        return Regularization(*regularization(shape, self.alpha_W, self.alpha_H, self.l1_ratio))
+
+    def solver_for(self, shape: tuple[int, int], stats: dict, dtype: Any) -> Solver:
+        """The solver object for V of ``shape`` with validation ``stats``."""
+        return self.algorithm(
+            self.regularization(shape),
+            stats["sumsq"],
+            stats["sum"],
+            dtype,
+            tol=self.tol,
+            shuffle=self.shuffle,
+            random_state=self.random_state,
+        )
+
+    def record(self) -> dict:
+        """The options as a checkpoint records them (JSON; names as given by the user)."""
+        out = asdict(self)
+        out["beta_loss"] = self.algorithm.loss_name
+        out["random_state"] = self.random_state if is_int(self.random_state) else None
+        for key in ("tol", "alpha_W", "l1_ratio"):
+            out[key] = float(out[key])
+        if self.alpha_H != "same":
+            out["alpha_H"] = float(self.alpha_H)
+        return out
