@@ -7,11 +7,10 @@ and one entry in :data:`SOLVERS`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
-
-import math
 
 from .base import PassReport, Regularization, Solver
 from .mu_beta import BetaDivergenceMU
