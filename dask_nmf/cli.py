@@ -305,6 +305,25 @@ def with_cluster_options(fn):
     return fn
 
 
+class BetaLoss(click.ParamType):
+    """``--beta-loss``: a cost's name or a number, converted with :func:`solvers.beta_of`
+    (names stay names: they are what results record)."""
+
+    name = "NAME|NUMBER"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from .io import InputError
+        from .solvers import beta_of
+
+        if not isinstance(value, str) or value in BETA_LOSSES:
+            return value
+        try:
+            return beta_of(float(value))
+        except (ValueError, InputError):
+            names = ", ".join(sorted(BETA_LOSSES))
+            self.fail(f"{value!r} is neither a cost ({names}) nor a finite number", param, ctx)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="dask-nmf")
 def cli() -> None:
@@ -319,10 +338,10 @@ def cli() -> None:
 @click.option("-o", "--output", required=True, help="Result zarr group (also the checkpoint).")
 @click.option(
     "--beta-loss",
-    type=click.Choice(sorted(BETA_LOSSES)),
+    type=BetaLoss(),
     default="frobenius",
     show_default=True,
-    help="The cost.",
+    help=f"The cost: {', '.join(sorted(BETA_LOSSES))} or a number (the β of the β-divergence).",
 )
 @click.option(
     "--solver",
@@ -333,6 +352,11 @@ def cli() -> None:
 )
 @click.option(
     "--shuffle", is_flag=True, help="Solvers that update coordinates in turn: random order."
+)
+@click.option(
+    "--accelerate",
+    is_flag=True,
+    help="Frobenius: accelerated MU (several W and H updates per pass over INPUT).",
 )
 @click.option(
     "--init", type=click.Choice(["random", "nndsvd", "nndsvda", "nndsvdar"]), default=None
@@ -372,6 +396,7 @@ def fit(
     beta_loss,
     solver,
     shuffle,
+    accelerate,
     init,
     max_iter,
     tol,
@@ -436,6 +461,7 @@ def fit(
         alpha_H=alpha_h,
         l1_ratio=l1_ratio,
         shuffle=shuffle,
+        accelerate=accelerate,
         loss_every=10 if loss_every is None else loss_every,
         checkpoint_every=checkpoint_every,
     )

@@ -59,7 +59,7 @@ def factorize(
     V: Any,
     n_components: int,
     *,
-    beta_loss: str | int = "frobenius",
+    beta_loss: str | float = "frobenius",
     solver: str = "mu",
     init: str | None = None,
     W_init: Any = None,
@@ -88,6 +88,7 @@ def factorize(
     feature_dims: Any = None,
     loss_every: int | None = None,
     shuffle: bool = False,
+    accelerate: bool = False,
 ) -> NMFResult:
     """Factorize a non-negative matrix V ~= W H with Lee & Seung's multiplicative updates.
 
@@ -99,8 +100,10 @@ def factorize(
         and never modified.
     n_components : int
         The rank k.
-    beta_loss : {"frobenius", "kullback-leibler", 2, 1}
-        The cost: ``0.5 * ||V - WH||^2`` or the generalized KL divergence.
+    beta_loss : {"frobenius", "kullback-leibler", "itakura-saito"} or float
+        The cost, a β-divergence: ``0.5 * ||V - WH||^2`` (2), the generalized
+        KL divergence (1), Itakura-Saito (0) or any other real β (scikit-learn's
+        MU for it; β <= 0 refuses a V with zeros, as scikit-learn does).
     solver : str
         The algorithm: "mu" (Lee & Seung's multiplicative updates); see
         :data:`dask_nmf.solvers.SOLVERS` for what is registered.
@@ -162,7 +165,7 @@ def factorize(
         stacked into samples (rows) and features (columns).  W and H then come
         back as DataArrays with V's coordinates and a ``component`` dimension.
     loss_every : int, optional
-        KL only: evaluate the loss every ``loss_every`` iterations (and at the
+        KL and other β than 2 only: evaluate the loss every ``loss_every`` iterations (and at the
         last one, and wherever ``tol`` needs it); the others are NaN in
         ``loss_history``.  The KL loss takes a logarithm per entry of V, which
         costs about as much as the update itself, so the default is 10, the
@@ -173,6 +176,12 @@ def factorize(
     shuffle : bool
         For solvers that update coordinates in turn: randomize their order
         (seeded by ``random_state``).
+    accelerate : bool
+        Frobenius MU: Gillis & Glineur's accelerated MU, several W updates per
+        block while V's block is in memory and several H updates per pass
+        from the same sums (each is an MU step: the cost never increases).
+        Off by default (the default follows scikit-learn step for step).
+
     Returns
     -------
     NMFResult
@@ -193,6 +202,7 @@ def factorize(
         alpha_H=alpha_H,
         l1_ratio=l1_ratio,
         shuffle=shuffle,
+        accelerate=accelerate,
         loss_every=10 if loss_every is None else loss_every,
         checkpoint_every=checkpoint_every,
     )
@@ -348,6 +358,7 @@ def fit(
             # validation and statistics
             stats = local_stats or input_stats(runner, sources, reader, Vin.bounds)
             check_stats(stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
+            options.algorithm.check_stats(stats)
             fingerprint = _fingerprint(stats, V_places)
             if resume_meta is not None:
                 _check_fingerprint(resume_meta, fingerprint)
@@ -495,6 +506,7 @@ def _check_resumable(meta: dict, params: dict, Vin: InputMatrix, V_places: list)
         "beta_loss",
         "solver",
         "shuffle",
+        "accelerate",
         "block_rows",
         "alpha_W",
         "alpha_H",
@@ -584,7 +596,7 @@ def transform(
     V: Any,
     H: np.ndarray,
     *,
-    beta_loss: str | int = "frobenius",
+    beta_loss: str | float = "frobenius",
     solver: str = "mu",
     max_iter: int = 200,
     tol: float = 1e-4,
@@ -623,6 +635,7 @@ def transform(
     sources = runner.place(block_sources(Vin))
     stats = input_stats(runner, sources)
     check_stats(stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
+    algorithm.check_stats(stats)
     reg = regularization(Vin.shape, alpha_W, 0.0, l1_ratio)
     solver = algorithm(Regularization(*reg), stats["sumsq"], stats["sum"], H.dtype, tol=tol)
     w_start = float(np.sqrt(stats["sum"] / (Vin.shape[0] * n) / k))

@@ -13,7 +13,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import (
     Interval,
     InvalidParameterError,
-    Options,
     StrOptions,
 )
 from sklearn.utils.validation import (
@@ -148,8 +147,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     solver : str, default="mu"
         The algorithm (see :data:`dask_nmf.solvers.SOLVERS`): "mu", Lee & Seung's
         multiplicative updates.  (scikit-learn's default is "cd".)
-    beta_loss : {"frobenius", "kullback-leibler", 2, 1}, default="frobenius"
-        The cost.  (scikit-learn's other beta values are not implemented.)
+    beta_loss : {"frobenius", "kullback-leibler", "itakura-saito"} or float, default="frobenius"
+        The β-divergence (2, 1, 0 or any real β), as scikit-learn's MU.  For
+        β <= 0, X must not contain zeros.
     tol : float, default=1e-4
         Stop when the error's decrease over 10 iterations, relative to the
         initial error, falls below ``tol`` (checked every 10 iterations).
@@ -173,6 +173,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     shuffle : bool, default=False
         For solvers that update coordinates in turn: randomize their order.
+    accelerate : bool, default=False
+        Frobenius MU: Gillis & Glineur's accelerated MU (several W and H updates
+        per pass over X); see :func:`dask_nmf.factorize`.
 
     Attributes
     ----------
@@ -195,8 +198,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         The full result of the fit (W as a dask array, the loss history).
     """
 
-    # scikit-learn's constraints for the parameters the two share (beta_loss
-    # restricted to the two costs implemented), and ours for our own.
+    # scikit-learn's constraints for the parameters the two share, and ours
+    # for our own.
     _parameter_constraints: dict = {
         "n_components": [
             Interval(Integral, 1, None, closed="left"),
@@ -206,7 +209,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         "init": [StrOptions(set(INITS)), None],
         "solver": [StrOptions({name for name, _ in SOLVERS})],
         "shuffle": ["boolean"],
-        "beta_loss": [StrOptions({"frobenius", "kullback-leibler"}), Options(Real, {1, 2})],
+        "accelerate": ["boolean"],
+        "beta_loss": [StrOptions({"frobenius", "kullback-leibler", "itakura-saito"}), Real],
         "tol": [Interval(Real, 0, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
@@ -225,7 +229,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         *,
         init: str | None = None,
         solver: str = "mu",
-        beta_loss: str | int = "frobenius",
+        beta_loss: str | float = "frobenius",
         tol: float = 1e-4,
         max_iter: int = 200,
         random_state: Any = None,
@@ -237,6 +241,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         keep_in_memory: bool | None = None,
         loss_every: int | None = None,
         shuffle: bool = False,
+        accelerate: bool = False,
     ):
         self.n_components = n_components
         self.init = init
@@ -253,6 +258,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.keep_in_memory = keep_in_memory
         self.loss_every = loss_every
         self.shuffle = shuffle
+        self.accelerate = accelerate
 
     def _options(self, k: int) -> FitOptions:
         """The fit's options (validated as they are made)."""
@@ -268,6 +274,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             alpha_H=self.alpha_H,
             l1_ratio=self.l1_ratio,
             shuffle=self.shuffle,
+            accelerate=self.accelerate,
             loss_every=10 if self.loss_every is None else self.loss_every,
         )
 

@@ -92,6 +92,7 @@ class FitOptions:
     alpha_H: float | str = "same"
     l1_ratio: float = 0.0
     shuffle: bool = False
+    accelerate: bool = False
     loss_every: int = 10
     checkpoint_every: int = 10
 
@@ -99,7 +100,12 @@ class FitOptions:
         check_params(
             self.n_components, self.max_iter, self.tol, self.alpha_W, self.alpha_H, self.l1_ratio
         )
-        solver_class(self.beta_loss, self.solver)
+        algorithm = solver_class(self.beta_loss, self.solver)
+        if self.accelerate and not algorithm.accelerates:
+            raise InputError(
+                f"accelerate=True is not implemented for solver={algorithm.name!r} with "
+                f"beta_loss={algorithm.loss_name!r} (it is for 'frobenius')"
+            )
         if self.init is not None and self.init not in INITS:
             raise InputError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
         for name in ("loss_every", "checkpoint_every"):
@@ -126,6 +132,7 @@ class FitOptions:
             tol=self.tol,
             shuffle=self.shuffle,
             random_state=self.random_state,
+            accelerate=self.accelerate,
         )
 
     def record(self) -> dict:

@@ -114,17 +114,18 @@ NOT_APPLICABLE = {
     "test_beta_divergence": "tests the private helper _beta_divergence",
     "test_special_sparse_dot": "tests the private helper _special_sparse_dot",
     "test_nmf_multiplicative_update_sparse": (
-        "non_negative_factorization with beta_loss other than 1 and 2"
+        "scikit-learn's function non_negative_factorization (tests/test_beta.py compares "
+        "sparse and dense fits for other beta)"
     ),
-    "test_nmf_negative_beta_loss": "non_negative_factorization with beta_loss <= 0",
+    "test_nmf_negative_beta_loss": (
+        "scikit-learn's function non_negative_factorization (tests/test_beta.py checks the "
+        "same refusal of beta_loss <= 0 with zeros)"
+    ),
     "test_nmf_decreasing": (
         "non_negative_factorization and the private _beta_divergence, one iteration per call"
     ),
     "test_nmf_underflow": "tests the private helper _beta_divergence",
 }
-
-#: beta_loss values dask_nmf implements (scikit-learn's MU takes any real beta).
-IMPLEMENTED_BETA = (1, 2, 1.0, 2.0, "frobenius", "kullback-leibler")
 
 
 def _case_reason(kwargs: dict) -> str | None:
@@ -136,8 +137,6 @@ def _case_reason(kwargs: dict) -> str | None:
         solver = solver.get("solver")
     if solver is not None and solver != "mu":
         return f"solver={solver!r} only (dask_nmf implements multiplicative updates)"
-    if "beta_loss" in kwargs and kwargs["beta_loss"] not in IMPLEMENTED_BETA:
-        return f"beta_loss={kwargs['beta_loss']!r}: only Frobenius (2) and KL (1) are implemented"
     return None
 
 

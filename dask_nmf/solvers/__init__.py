@@ -7,23 +7,34 @@ and one entry in :data:`SOLVERS`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from .base import PassReport, Regularization, Solver
+from .mu_beta import BetaDivergenceMU
 from .mu_frobenius import FrobeniusMU
 from .mu_kl import KullbackLeiblerMU
 
-#: ``(solver, beta)`` -> the class.
-SOLVERS: dict[tuple[str, float], type[Solver]] = {
-    (cls.name, cls.beta): cls for cls in (FrobeniusMU, KullbackLeiblerMU)
+#: Key of :data:`SOLVERS` for a class that takes any beta without its own entry
+#: (it has ``for_beta(beta)``, which gives the class of that beta).
+ANY_BETA = None
+
+#: ``(solver, beta)`` -> the class; ``(solver, ANY_BETA)`` for the general one.
+SOLVERS: dict[tuple[str, float | None], type[Solver]] = {
+    (FrobeniusMU.name, FrobeniusMU.beta): FrobeniusMU,
+    (KullbackLeiblerMU.name, KullbackLeiblerMU.beta): KullbackLeiblerMU,
+    (BetaDivergenceMU.name, ANY_BETA): BetaDivergenceMU,
 }
 #: Accepted spellings of the costs, mapped to the beta of the beta-divergence.
-BETA_LOSSES = {"frobenius": 2.0, "kullback-leibler": 1.0}
+BETA_LOSSES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 
 __all__ = [
+    "ANY_BETA",
+    "BETA_LOSSES",
     "SOLVERS",
+    "BetaDivergenceMU",
     "PassReport",
     "Regularization",
     "Solver",
@@ -41,10 +52,10 @@ def beta_of(beta_loss: Any) -> float:
     if isinstance(beta_loss, str) and beta_loss in BETA_LOSSES:
         return BETA_LOSSES[beta_loss]
     if isinstance(beta_loss, (int, float, np.number)) and not isinstance(beta_loss, bool):
-        if any(beta == float(beta_loss) for _, beta in SOLVERS):
+        if math.isfinite(float(beta_loss)):
             return float(beta_loss)
     names = ", ".join(f"{name!r} ({beta:g})" for name, beta in BETA_LOSSES.items())
-    raise InputError(f"unknown beta_loss {beta_loss!r}; choose {names}")
+    raise InputError(f"unknown beta_loss {beta_loss!r}; choose {names} or any finite number")
 
 
 def solver_class(beta_loss: Any, solver: str = "mu") -> type[Solver]:
@@ -52,10 +63,13 @@ def solver_class(beta_loss: Any, solver: str = "mu") -> type[Solver]:
     from ..io import InputError
 
     beta = beta_of(beta_loss)
-    try:
+    # A class of its own for this beta (faster, specialized), else the solver's
+    # general one made for this beta.
+    if (solver, beta) in SOLVERS:
         return SOLVERS[(solver, beta)]
-    except KeyError:
-        known = sorted({name for name, _ in SOLVERS})
-        raise InputError(
-            f"unknown solver {solver!r} for beta_loss={beta_loss!r}; choose one of {known}"
-        ) from None
+    if (solver, ANY_BETA) in SOLVERS:
+        return SOLVERS[(solver, ANY_BETA)].for_beta(beta)
+    known = sorted({name for name, _ in SOLVERS})
+    raise InputError(
+        f"unknown solver {solver!r} for beta_loss={beta_loss!r}; choose one of {known}"
+    )

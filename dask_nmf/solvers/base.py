@@ -86,6 +86,9 @@ class Solver:
     tol, shuffle, random_state
         The fit's stopping tolerance, and for solvers that update coordinates
         in turn, whether to randomize their order and the seed.
+    accelerate : bool
+        For solvers that can (:attr:`accelerates`): several updates of W per
+        block and of H per pass from the same fixed terms (Gillis & Glineur).
     """
 
     #: The ``solver=`` name and the cost's name and beta.
@@ -94,6 +97,8 @@ class Solver:
     beta: ClassVar[float] = math.nan
     #: Whether every pass computes its losses from its sums (no option to skip them).
     losses_every_pass: ClassVar[bool] = False
+    #: Whether ``accelerate=True`` is implemented.
+    accelerates: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -105,10 +110,17 @@ class Solver:
         tol: float = 0.0,
         shuffle: bool = False,
         random_state: Any = None,
+        accelerate: bool = False,
     ):
         self.reg, self.norm_v2, self.v_sum = reg, float(norm_v2), float(v_sum)
         self.dtype = np.dtype(dtype)
         self.tol, self.shuffle, self.random_state = float(tol), bool(shuffle), random_state
+        self.accelerate = bool(accelerate)
+
+    @classmethod
+    def check_stats(cls, stats: dict) -> None:
+        """Refuse, with :class:`~dask_nmf.io.InputError`, a V this solver cannot fit,
+        from the validation pass's statistics (``min``, ``max``, ``sum``, ...)."""
 
     # -- the pass ---------------------------------------------------------------
     def start(self, H: np.ndarray, loss_unknown: bool = False) -> tuple:
