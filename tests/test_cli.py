@@ -182,7 +182,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, store, address, args, message
 def test_a_ctrl_c_dropped_by_a_finalizer_comes_again():
     """Python drops a KeyboardInterrupt raised in a finalizer (a dask Future's
     ``__del__``, say); during a fit the CLI sends the signal again until it lands."""
-    from dask_nmf.cli import _Interrupts
+    from dask_nmf.cli_session import Interrupts
 
     class Finalized:
         def __del__(self):
@@ -190,7 +190,7 @@ def test_a_ctrl_c_dropped_by_a_finalizer_comes_again():
 
     before = signal.getsignal(signal.SIGINT)
     t0 = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt), _Interrupts():
+    with pytest.raises(KeyboardInterrupt), Interrupts():
         Finalized()  # its __del__ takes the first KeyboardInterrupt
         time.sleep(5)
     assert time.perf_counter() - t0 < 2

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from conftest import make_low_rank, reference_loss, reference_mu, write_zarr
 
 import dask_nmf
-from dask_nmf.cli import Abort, _fail_on_input_errors, cli
+from dask_nmf.cli import cli
+from dask_nmf.cli_session import Abort, fail_on_input_errors
 from dask_nmf.io import InputError
 from dask_nmf.loop import FitError
 
@@ -228,7 +229,7 @@ def test_cli_turns_fit_errors_into_exit_2():
         raise FitError("the fit broke down at iteration 7: H is all zeros; rescale V")
 
     with pytest.raises(Abort, match="iteration 7") as err:
-        _fail_on_input_errors(broken)
+        fail_on_input_errors(broken)
     assert err.value.exit_code == 2
 
 

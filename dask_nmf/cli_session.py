@@ -1,0 +1,300 @@
+"""What every ``dask-nmf`` command shares: one-line errors (exit status 2), the
+connection to a scheduler or an embedded ``LocalCluster`` with its options, the
+progress bar, and Ctrl-C during a fit (exit status 130, the output resumable)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import click
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class Abort(click.ClickException):
+    """A one-line error with exit status 2."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file=None) -> None:
+        click.echo(f"dask-nmf: error: {self.format_message()}", err=True)
+
+
+#: Default of ``dask-nmf.connect-timeout``: how long the CLI tries to reach a scheduler.
+CONNECT_TIMEOUT = "10s"
+
+
+def _connect_timeout() -> float:
+    import dask
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("dask-nmf.connect-timeout", CONNECT_TIMEOUT)))
+
+
+def check_cluster_options(
+    scheduler: str | None,
+    scheduler_file: str | None,
+    n_workers: int,
+    threads_per_worker: int,
+    memory_limit: str,
+) -> None:
+    """Refuse bad cluster options before anything starts (one line, exit 2)."""
+    if scheduler is not None and not scheduler.strip():
+        raise Abort(
+            "--scheduler needs an address (e.g. tcp://host:8786); omit it for a local cluster"
+        )
+    if scheduler is not None and scheduler_file is not None:
+        raise Abort("--scheduler and --scheduler-file contradict each other; give one")
+    if scheduler_file is not None and not scheduler_file.strip():
+        raise Abort("--scheduler-file needs a path")
+    if n_workers < 1:
+        raise Abort(f"--n-workers must be at least 1; got {n_workers}")
+    if threads_per_worker < 1:
+        raise Abort(f"--threads-per-worker must be at least 1; got {threads_per_worker}")
+    import logging
+
+    from distributed.worker_memory import parse_memory_limit
+
+    try:  # as LocalCluster reads it: "auto", a fraction of the memory, bytes ("4GiB"), 0 = none
+        limit = parse_memory_limit(
+            memory_limit, threads_per_worker, logger=logging.getLogger("dask_nmf")
+        )
+    except (ValueError, TypeError, AssertionError):
+        limit = -1
+    if limit is not None and limit < 0:
+        raise Abort(
+            f"--memory-limit must be 'auto', a fraction like 0.5, or a size like 4GiB; "
+            f"got {memory_limit!r}"
+        )
+
+
+def _scheduler_lost(client: Any) -> bool:
+    return getattr(client, "status", "running") != "running"
+
+
+@contextlib.contextmanager
+def _quiet_distributed(name: str = "distributed"):
+    """Mute distributed's logger ``name`` (it logs tracebacks of a lost connection,
+    which the command reports in one line)."""
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _connect(scheduler: str | None, scheduler_file: str | None):
+    """A Client of a running scheduler, or Abort within the connect timeout."""
+    from distributed import Client
+
+    timeout = _connect_timeout()
+    if scheduler_file is not None:
+        # (Client would wait for the file with no end.)
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(scheduler_file):
+            if time.monotonic() > deadline:
+                raise Abort(f"no scheduler file {scheduler_file} appeared within {timeout:g} s")
+            time.sleep(0.1)
+    target = scheduler or scheduler_file
+    try:
+        with _quiet_distributed():
+            if scheduler_file is not None:
+                return Client(scheduler_file=scheduler_file, timeout=timeout)
+            return Client(scheduler, timeout=timeout)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        raise Abort(f"cannot reach the dask scheduler at {target} ({exc})") from None
+
+
+@contextlib.contextmanager
+def cluster_session(
+    scheduler, n_workers, threads_per_worker, memory_limit, quiet, scheduler_file=None
+):
+    """Connect to ``scheduler`` (or the one in ``scheduler_file``), or start an
+    embedded LocalCluster.
+
+    A :class:`~dask_nmf.cluster.ClusterError` in the body, or a scheduler lost
+    during it, ends the command with one line and exit status 2.
+    """
+    from distributed import Client, LocalCluster
+
+    from .cluster import ClusterError
+
+    if scheduler is not None or scheduler_file is not None:
+        stack = contextlib.ExitStack()
+        client = _connect(scheduler, scheduler_file)
+        address = client.scheduler.address
+        try:
+            # A lost scheduler: the client logs each failed reconnect with a traceback.
+            stack.enter_context(_quiet_distributed("distributed.client"))
+            if not quiet:
+                click.echo(f"connected to {address} ({len(client.nthreads())} workers)", err=True)
+            yield client
+        except Abort:
+            raise
+        except ClusterError as exc:
+            raise Abort(str(exc)) from None
+        except Exception:
+            if _scheduler_lost(client):
+                raise Abort(
+                    f"lost the connection to the dask scheduler at {address}; "
+                    "continue with --resume once it is back"
+                ) from None
+            raise
+        finally:
+            with _quiet_distributed():
+                client.close(timeout=_connect_timeout())
+            stack.close()
+        return
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            memory_limit=memory_limit,
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        if not quiet:
+            link = cluster.dashboard_link
+            click.echo(
+                f"LocalCluster: {n_workers} workers x {threads_per_worker} threads, "
+                f"memory limit {memory_limit}; dashboard {link}",
+                err=True,
+            )
+        try:
+            yield client
+        except ClusterError as exc:
+            raise Abort(str(exc)) from None
+
+
+class Progress:
+    """A tqdm bar with the loss, its relative decrease, and an ETA.
+
+    The bar appears with the first iteration, so that errors found while V is
+    validated are printed on a line of their own.
+    """
+
+    def __init__(self, max_iter: int, start: int, quiet: bool):
+        self.quiet, self.max_iter, self.start = quiet, max_iter, start
+        self.last = None
+        self.bar = None
+
+    def _ensure_bar(self):
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.max_iter, initial=self.start, unit="it", file=sys.stderr)
+        return self.bar
+
+    def __call__(self, iteration: int, loss: float) -> None:
+        if self.quiet:
+            return
+        bar = self._ensure_bar()
+        if not math.isnan(loss):  # NaN: an iteration whose KL loss was skipped
+            rel = (self.last - loss) / self.last if self.last else math.nan
+            self.last = loss
+            bar.set_postfix_str(f"loss={loss:.6g} rel.decrease={rel:.2e}")
+        bar.update(iteration - bar.n)
+
+    def log(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            click.echo(message, err=True)
+        else:
+            self.bar.write(message, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Interrupts:
+    """Ctrl-C during a fit, delivered until the fit has taken it.
+
+    Python drops a ``KeyboardInterrupt`` raised inside a finalizer, printing
+    "Exception ignored in ..."; a dask ``Future``'s ``__del__`` runs in the main
+    thread many times per pass, so now and then Ctrl-C landed there and the fit
+    went on -- or waited forever on a worker that the same Ctrl-C had stopped
+    (a terminal sends it to the worker processes of the embedded cluster too).
+    After a Ctrl-C the signal is sent again every half second until the fit
+    has been interrupted.
+    """
+
+    def __init__(self) -> None:
+        self.taken = threading.Event()
+        self.repeating = False
+
+    def __enter__(self) -> Interrupts:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():  # (signals go there only)
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.taken.set()
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.taken.is_set():
+            return
+        if not self.repeating:
+            self.repeating = True
+            threading.Thread(target=self._repeat, name="dask-nmf-ctrl-c", daemon=True).start()
+        raise KeyboardInterrupt
+
+    def _repeat(self) -> None:
+        while not self.taken.wait(0.5):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def fail_on_input_errors(fn, *args, **kwargs):
+    from .cluster import ClusterError
+    from .io import InputError
+    from .loop import FitError
+
+    try:
+        return fn(*args, **kwargs)
+    except (InputError, ClusterError, FitError) as exc:  # one line, never "converged"
+        raise Abort(str(exc)) from None
+    except FileNotFoundError as exc:
+        raise Abort(str(exc)) from None
+
+
+cluster_options = [
+    click.option("--scheduler", metavar="ADDRESS", help="Connect to this dask scheduler."),
+    click.option(
+        "--scheduler-file",
+        metavar="PATH",
+        help="Connect to the scheduler named in this file (dask scheduler --scheduler-file).",
+    ),
+    click.option("--n-workers", default=2, show_default=True, help="Embedded cluster: workers."),
+    click.option(
+        "--threads-per-worker", default=1, show_default=True, help="Embedded cluster: threads each."
+    ),
+    click.option(
+        "--memory-limit",
+        default="auto",
+        show_default=True,
+        help="Embedded cluster: memory per worker.",
+    ),
+]
+
+
+def with_cluster_options(fn):
+    for option in reversed(cluster_options):
+        fn = option(fn)
+    return fn
