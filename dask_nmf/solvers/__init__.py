@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 
 from .base import PassReport, Regularization, Solver
+from .cd import CoordinateDescent
 from .mu_frobenius import FrobeniusMU
 from .mu_kl import KullbackLeiblerMU
 
 #: ``(solver, beta)`` -> the class.
 SOLVERS: dict[tuple[str, float], type[Solver]] = {
-    (cls.name, cls.beta): cls for cls in (FrobeniusMU, KullbackLeiblerMU)
+    (cls.name, cls.beta): cls for cls in (FrobeniusMU, KullbackLeiblerMU, CoordinateDescent)
 }
 #: Accepted spellings of the costs, mapped to the beta of the beta-divergence.
 BETA_LOSSES = {"frobenius": 2.0, "kullback-leibler": 1.0}
@@ -27,6 +28,7 @@ __all__ = [
     "PassReport",
     "Regularization",
     "Solver",
+    "CoordinateDescent",
     "FrobeniusMU",
     "KullbackLeiblerMU",
     "beta_of",
@@ -55,6 +57,13 @@ def solver_class(beta_loss: Any, solver: str = "mu") -> type[Solver]:
     try:
         return SOLVERS[(solver, beta)]
     except KeyError:
+        costs = [name for name, b in BETA_LOSSES.items() if (solver, b) in SOLVERS]
+        if costs:  # a known solver, for other costs only (scikit-learn's wording first)
+            raise InputError(
+                f"Invalid beta_loss parameter: solver {solver!r} does not handle "
+                f"beta_loss = {beta_loss!r}; it minimizes {' or '.join(costs)} only "
+                f"(solver='mu' handles every beta_loss)"
+            ) from None
         known = sorted({name for name, _ in SOLVERS})
         raise InputError(
             f"unknown solver {solver!r} for beta_loss={beta_loss!r}; choose one of {known}"
