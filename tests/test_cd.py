@@ -261,7 +261,7 @@ def test_cluster_matches_sklearn(tmp_path, cluster_client, V_small, start, case,
         keep_in_memory=keep_in_memory,
         **CASES[case],
     )
-    res.W = res.W.compute()
+    res.W = cluster_client.compute(res.W).result()
     check(res, est)
 
 

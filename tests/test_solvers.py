@@ -49,13 +49,15 @@ def one_pass(solver, V, W, state, with_loss=True, bounds=BOUNDS):
 def test_registry():
     assert solver_class("frobenius") is FrobeniusMU and solver_class(2) is FrobeniusMU
     assert solver_class("kullback-leibler") is KullbackLeiblerMU and solver_class(1.0) is KL
-    assert set(SOLVERS) == {("mu", 2.0), ("mu", 1.0)}
+    assert set(SOLVERS) == {("mu", 2.0), ("mu", 1.0), ("cd", 2.0)}
     assert beta_of("frobenius") == 2.0
     for bad in ("itakura-saito-typo", 3, True, None):
         with pytest.raises(InputError, match="beta_loss"):
             solver_class(bad)
-    with pytest.raises(InputError, match="unknown solver 'cd'"):
-        solver_class("frobenius", solver="cd")
+    with pytest.raises(InputError, match="unknown solver 'als'"):
+        solver_class("frobenius", solver="als")
+    with pytest.raises(InputError, match="solver 'cd' does not handle beta_loss"):
+        solver_class("kullback-leibler", solver="cd")
 
 
 KL = KullbackLeiblerMU
