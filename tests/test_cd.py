@@ -210,10 +210,11 @@ def test_numpy_matches_sklearn(V_small, start, case, block_rows):
         **CASES[case],
     )
     check(res, est)
-    # Every iteration's loss is known and the cost never rises (CD minimizes exactly).
+    # Every iteration's loss is known; unpenalized, it never rises (CD minimizes exactly).
     losses = np.array(res.loss_history)
     assert len(losses) == res.n_iter + 1 and np.isfinite(losses).all()
-    assert (np.diff(losses) <= 1e-9 * losses[0]).all() or case != "plain"
+    if case in ("plain", "shuffle"):
+        assert (np.diff(losses) <= 1e-9 * losses[0]).all()
 
 
 @pytest.mark.parametrize("keep_in_memory", [False, True])
