@@ -20,15 +20,21 @@ from .cluster import Runner
 from .passes import as_delayed
 
 
-def state_record(t: int, losses: list, converged: bool, finished: bool) -> dict:
-    """The ``state`` attribute of a saved state (iteration, loss history, flags)."""
-    return {
+def state_record(
+    t: int, losses: list, converged: bool, finished: bool, carry: dict | None = None
+) -> dict:
+    """The ``state`` attribute of a saved state (iteration, loss history, flags,
+    and the solver's ``carry`` where it has one)."""
+    record = {
         "iteration": int(t),
         "n_iter": int(t),
         "loss_history": [float(x) for x in losses],
         "converged": bool(converged),
         "finished": bool(finished),
     }
+    if carry:
+        record["solver_state"] = dict(carry)
+    return record
 
 
 def write_state(
@@ -85,9 +91,16 @@ class Checkpoints:
         )
 
     def save(
-        self, W: list, H: np.ndarray, t: int, losses: list, converged: bool, finished: bool
+        self,
+        W: list,
+        H: np.ndarray,
+        t: int,
+        losses: list,
+        converged: bool,
+        finished: bool,
+        carry: dict | None = None,
     ) -> list:
-        """Save state t; returns W's blocks to carry on with.
+        """Save state t (with the solver's ``carry``); returns W's blocks to carry on with.
 
         On a cluster these are read back from the store: blocks with no
         history, which cut the task lineage here.
@@ -104,7 +117,7 @@ class Checkpoints:
                 ]
             )
 
-        record = state_record(t, losses, converged, finished)
+        record = state_record(t, losses, converged, finished, carry)
         slot = write_state(self.store, write_W, H, record, so)
         if self.on_saved is not None:
             self.on_saved(t, self.store)
@@ -112,12 +125,15 @@ class Checkpoints:
             return W
         return self._read_W(slot)
 
-    def restore(self, meta: dict) -> tuple[list, np.ndarray, list, int]:
-        """W's blocks (read lazily), H, the loss history and the iteration of the
-        current state described by ``meta`` (the group's ``dask_nmf`` attribute)."""
+    def restore(self, meta: dict) -> tuple[list, np.ndarray, list, int, dict]:
+        """W's blocks (read lazily), H, the loss history, the iteration and the
+        solver's carry of the current state described by ``meta`` (the group's
+        ``dask_nmf`` attribute)."""
         state = meta["state"]
         _, H, _ = persistence.read_state(self.store, self.storage_options)
-        return self._read_W(state["slot"]), H, list(state["loss_history"]), int(state["iteration"])
+        W = self._read_W(state["slot"])
+        carry = dict(state.get("solver_state") or {})
+        return W, H, list(state["loss_history"]), int(state["iteration"]), carry
 
     def _read_W(self, slot: str) -> list:
         return [

@@ -315,6 +315,8 @@ def transform(
             block_rows=block_rows,
             client=client,
             array=array_name,
+            shuffle=params.get("shuffle", False),
+            random_state=params.get("random_state"),
         )
         claim = fail_on_input_errors(
             outputs.claim_output, output, overwrite=overwrite, inputs=inputs

@@ -299,7 +299,7 @@ def fit(
             UserWarning,
             stacklevel=2,
         )
-    if init == "nndsvd":
+    if init == "nndsvd" and options.algorithm.keeps_zeros:
         warnings.warn(  # (scikit-learn's first sentence, which users filter on)
             "The multiplicative update ('mu') solver cannot update zeros present in the "
             "initialization: multiplicative updates cannot move entries that start at zero, "
@@ -398,8 +398,8 @@ def fit(
             saved = None if store != checkpoint else _announce(verbose, on_checkpoint)
             checkpoints = Checkpoints(store, runner, Vin.bounds, storage_options, saved)
         if resume_meta is not None:
-            W_h, H, losses, t = checkpoints.restore(resume_meta)
-            it = Iterate(W_h, H, t, losses)
+            W_h, H, losses, t, carry = checkpoints.restore(resume_meta)
+            it = Iterate(W_h, H, t, losses, carry=carry)
         else:
             W_src, H = custom or _initialize(
                 init, Vin, k, stats, options.random_state, runner, reader
@@ -437,7 +437,7 @@ def fit(
         )
         it = loop.run(it)
         if checkpoint is not None:
-            it.W = checkpoints.save(it.W, it.H, it.t, it.losses, it.converged, True)
+            it.W = checkpoints.save(it.W, it.H, it.t, it.losses, it.converged, True, carry=it.carry)
         if runner.distributed:
             # The result's blocks must not depend on the temporary store.
             it.W, _ = runner.run([as_delayed(w) for w in it.W])
@@ -606,8 +606,13 @@ def transform(
     client: Any = None,
     storage_options: dict | None = None,
     array: str | None = None,
+    shuffle: bool = False,
+    random_state: Any = None,
 ) -> da.Array:
-    """W for the rows of V with H fixed: MU on W alone, each row block on its own.
+    """W for the rows of V with H fixed: the solver on W alone, each row block on its own.
+
+    ``shuffle`` and ``random_state``: for solvers that update coordinates in
+    turn (as in :func:`factorize`).
 
     No reduction runs between the blocks (apart from the one validation pass
     that also gives the mean of V, from which W starts, as in scikit-learn).
@@ -637,7 +642,15 @@ def transform(
     check_stats(stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
     algorithm.check_stats(stats)
     reg = regularization(Vin.shape, alpha_W, 0.0, l1_ratio)
-    solver = algorithm(Regularization(*reg), stats["sumsq"], stats["sum"], H.dtype, tol=tol)
+    solver = algorithm(
+        Regularization(*reg),
+        stats["sumsq"],
+        stats["sum"],
+        H.dtype,
+        tol=tol,
+        shuffle=shuffle,
+        random_state=random_state,
+    )
     w_start = float(np.sqrt(stats["sum"] / (Vin.shape[0] * n) / k))
     Hd = dask.delayed(H, name=f"nmf-H-{uuid.uuid4().hex}")
     blocks = [

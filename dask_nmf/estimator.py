@@ -482,6 +482,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             alpha_W=self.alpha_W,
             l1_ratio=self.l1_ratio,
             block_rows=self.block_rows,
+            shuffle=self.shuffle,
+            random_state=self.random_state,
         )
         if not _in_memory(X):
             return W

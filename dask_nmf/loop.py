@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from .checkpoint import Checkpoints
 from .cluster import Runner
 from .passes import Pass, PassBuilder
@@ -49,6 +47,8 @@ class Iterate:
     t: int
     losses: list = field(default_factory=list)
     converged: bool = False
+    #: The solver's ``carry`` of state t where H is an array (after a checkpoint, a resume).
+    carry: dict | None = None
 
 
 class IterationLoop:
@@ -102,13 +102,15 @@ class IterationLoop:
             if it.converged or it.t >= self.max_iter:
                 break
             if self.checkpoints is not None and it.t % self.checkpoint_every == 0:
-                it.H = self.value_of_H(it.H)
-                it.W = self.checkpoints.save(it.W, it.H, it.t, it.losses, False, False)
+                self.settle(it)
+                it.W = self.checkpoints.save(
+                    it.W, it.H, it.t, it.losses, False, False, carry=it.carry
+                )
             if pending is None:
                 pending = self._launch(it, it.W, it.H, it.t)
         if pending is not None:  # run ahead past the answer
             self.runner.cancel(pending.handles())
-        it.H = self.value_of_H(it.H)
+        self.settle(it)
         if len(it.losses) == it.t:  # the loss of the final state is still unknown
             self._record(it, it.t, self.passes.loss_only(it.W, it.H))
             it.converged = it.converged or self.solver.converged(it.losses, it.t, self.tol)
@@ -144,7 +146,7 @@ class IterationLoop:
         first = s >= len(it.losses)
         wanted = s % self.loss_every == 0 or (self.tol > 0 and s % 10 == 0)
         with_loss = self.solver.losses_every_pass or (s >= self.known and wanted)
-        return self.passes.launch(W, H, s, first, with_loss)
+        return self.passes.launch(W, H, s, first, with_loss, it.carry)
 
     def _record(self, it: Iterate, s: int, loss: float) -> None:
         it.losses.append(loss)
@@ -162,10 +164,12 @@ class IterationLoop:
             and not (self.checkpoints is not None and s % self.checkpoint_every == 0)
         )
 
-    def value_of_H(self, H: Any) -> np.ndarray:
-        """H itself, from H or a pass's handle of its state."""
-        value = self.runner.value(H)
-        return value[0] if isinstance(value, tuple) else value
+    def settle(self, it: Iterate) -> None:
+        """Replace the handle of state t in ``it`` by its H, keeping the solver's carry."""
+        value = self.runner.value(it.H)
+        if isinstance(value, tuple):
+            value, it.carry = value[0], self.solver.carry(value)
+        it.H = value
 
 
 class CostWatch:

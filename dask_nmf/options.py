@@ -104,7 +104,7 @@ class FitOptions:
         if self.accelerate and not algorithm.accelerates:
             raise InputError(
                 f"accelerate=True is not implemented for solver={algorithm.name!r} with "
-                f"beta_loss={algorithm.loss_name!r} (it is for 'frobenius')"
+                f"beta_loss={algorithm.loss_name!r}; it is for solver='mu' with 'frobenius'"
             )
         if self.init is not None and self.init not in INITS:
             raise InputError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")

@@ -172,14 +172,30 @@ class PassBuilder:
         # next pass while this one still holds its own (memory, not speed).
         self.may_run_ahead = all(in_memory(v) for v in self.source_graph.values())
 
-    def launch(self, W: list, state: Any, t: int, first: bool, with_loss: bool) -> Pass:
+    def launch(
+        self,
+        W: list,
+        state: Any,
+        t: int,
+        first: bool,
+        with_loss: bool,
+        carry: dict | None = None,
+    ) -> Pass:
         """Submit pass t (see :meth:`build`); returns its handles."""
-        dsk, keys, owners = self.build(W, state, t, first, with_loss)
+        dsk, keys, owners = self.build(W, state, t, first, with_loss, carry)
         self.graph_tasks.append(len(dsk))
         handles = self.runner.submit_graph(dsk, keys, owners)
         return Pass(W=handles[:-2], state=handles[-2], losses=handles[-1])
 
-    def build(self, W: list, state: Any, t: int, first: bool, with_loss: bool) -> tuple:
+    def build(
+        self,
+        W: list,
+        state: Any,
+        t: int,
+        first: bool,
+        with_loss: bool,
+        carry: dict | None = None,
+    ) -> tuple:
         """The graph of pass t from state t: W's blocks and ``state``, H or a handle
         of the previous pass's state (see :class:`~dask_nmf.solvers.base.Solver`).
 
@@ -190,7 +206,9 @@ class PassBuilder:
         ``first``: state t is given as H and its loss is not known yet (the
         start, a checkpoint or resume whose loss was deferred), so the pass
         computes it.  From a previous pass's state, the state itself says what
-        the pass computes (decided on the cluster).
+        the pass computes (decided on the cluster).  ``carry``: the solver's
+        :meth:`~dask_nmf.solvers.base.Solver.carry` of state t where it is
+        given as H (after a checkpoint or a resume).
 
         Everything, the H update included, is one graph, so on a cluster the
         next pass can be submitted before this one finishes: no round trip
@@ -200,9 +218,9 @@ class PassBuilder:
         tag = f"{self.token}-{t}"
         dsk = dict(self.source_graph)
         if isinstance(state, tuple):  # a computed state (local scheduler): start from its H
-            state = state[0]
+            state, carry = state[0], self.solver.carry(state)
         if in_memory(state):
-            dsk[f"nmf-state-{tag}"] = (self.solver.start, state, first)
+            dsk[f"nmf-state-{tag}"] = (self.solver.start, state, first, t, carry)
             state = f"nmf-state-{tag}"
         w_keys, steps = [], []
         for i, (v, w) in enumerate(zip(self.source_refs, W)):

@@ -4,9 +4,10 @@ Two parts:
 
 * scikit-learn's ``sklearn/decomposition/tests/test_nmf.py`` (shipped with the
   installed package) is imported, and every test of it that applies to the
-  multiplicative-update solver is run with that module's name ``NMF`` pointing
-  at :class:`MuNMF` (dask_nmf's estimator taking ``solver="mu"``), over the
-  same parametrizations, read from the tests' own ``parametrize`` marks.  What
+  solvers dask_nmf implements (multiplicative updates, and coordinate descent
+  for the Frobenius cost) is run with that module's name ``NMF`` pointing at
+  :class:`MuNMF` (dask_nmf's estimator with scikit-learn's signature), over
+  the same parametrizations, read from the tests' own ``parametrize`` marks.  What
   does not apply is collected too, skipped, with the reason.
 * ``parametrize_with_checks`` over dask_nmf.NMF, where the only checks expected
   to fail are those scikit-learn's ``NMF(solver="mu")`` fails itself with the
@@ -30,6 +31,7 @@ from sklearn.utils.estimator_checks import check_estimator, parametrize_with_che
 
 import dask_nmf
 from dask_nmf import NMF
+from dask_nmf.solvers import SOLVERS
 
 try:
     sk_tests = importlib.import_module("sklearn.decomposition.tests.test_nmf")
@@ -38,11 +40,11 @@ except ImportError:  # (some distributions strip scikit-learn's tests)
 
 
 class MuNMF(NMF):
-    """dask_nmf.NMF with scikit-learn's NMF signature, ``solver`` fixed to "mu"."""
+    """dask_nmf.NMF with scikit-learn's NMF signature (``solver`` as registered)."""
 
     _parameter_constraints: dict = {
         **NMF._parameter_constraints,
-        "solver": [StrOptions({"mu"})],
+        "solver": [StrOptions({name for name, _ in SOLVERS})],
         "shuffle": ["boolean"],
     }
 
@@ -89,8 +91,8 @@ NOT_APPLICABLE = {
     "test_initialize_close": "tests the private helper _initialize_nmf",
     "test_initialize_variants": "tests the private helper _initialize_nmf",
     "test_parameter_checking": (
-        "mixes solver='cd', MiniBatchNMF and the private _initialize_nmf; its NMF(solver='mu') "
-        "assertions are test_parameter_checking_mu_part below"
+        "mixes MiniBatchNMF and the private _initialize_nmf; its NMF assertions (solver='mu' "
+        "and 'cd') are test_parameter_checking_mu_part below"
     ),
     "test_minibatch_nmf_transform": "MiniBatchNMF only",
     "test_mbnmf_inverse_transform": "MiniBatchNMF only",
@@ -98,7 +100,7 @@ NOT_APPLICABLE = {
     "test_minibatch_nmf_partial_fit": "MiniBatchNMF only",
     "test_minibatch_nmf_verbose": "MiniBatchNMF only",
     "test_non_negative_factorization_consistency": (
-        "scikit-learn's function non_negative_factorization (and solver='cd')"
+        "scikit-learn's function non_negative_factorization"
     ),
     "test_non_negative_factorization_checking": (
         "scikit-learn's function non_negative_factorization"
@@ -129,14 +131,18 @@ NOT_APPLICABLE = {
 
 
 def _case_reason(kwargs: dict) -> str | None:
-    """Why one parametrization does not apply to dask_nmf's MU solver, or None."""
+    """Why one parametrization does not apply to dask_nmf's solvers, or None."""
     if kwargs.get("Estimator") is MiniBatchNMF:
         return "MiniBatchNMF only"
     solver = kwargs.get("solver")
     if isinstance(solver, dict):
         solver = solver.get("solver")
-    if solver is not None and solver != "mu":
-        return f"solver={solver!r} only (dask_nmf implements multiplicative updates)"
+    beta_loss = kwargs.get("beta_loss", "frobenius")
+    if solver is not None and not any(
+        name == solver and (beta is None or beta_loss in (beta, int(beta), cls.loss_name))
+        for (name, beta), cls in SOLVERS.items()
+    ):
+        return f"solver={solver!r} only (dask_nmf implements {sorted({n for n, _ in SOLVERS})})"
     return None
 
 
@@ -216,6 +222,9 @@ def test_every_sklearn_test_is_accounted_for():
 
 def test_parameter_checking_mu_part():
     A = np.ones((2, 2))
+    msg = "Invalid beta_loss parameter: solver 'cd' does not handle beta_loss = 1.0"
+    with pytest.raises(ValueError, match=msg):
+        NMF(solver="cd", beta_loss=1.0).fit(A)
     with pytest.raises(ValueError, match="Negative values in data passed to"):
         NMF().fit(-A)
     est = NMF(2, tol=0.1).fit(A)

@@ -49,13 +49,15 @@ def one_pass(solver, V, W, state, with_loss=True, bounds=BOUNDS):
 def test_registry():
     assert solver_class("frobenius") is FrobeniusMU and solver_class(2) is FrobeniusMU
     assert solver_class("kullback-leibler") is KullbackLeiblerMU and solver_class(1.0) is KL
-    assert {("mu", 2.0), ("mu", 1.0), ("mu", None)} <= set(SOLVERS)
+    assert {("mu", 2.0), ("mu", 1.0), ("mu", None), ("cd", 2.0)} <= set(SOLVERS)
     assert beta_of("frobenius") == 2.0 and solver_class(3).beta == 3.0  # (test_beta.py)
     for bad in ("itakura-saito-typo", float("nan"), True, None):
         with pytest.raises(InputError, match="beta_loss"):
             solver_class(bad)
-    with pytest.raises(InputError, match="unknown solver 'cd'"):
-        solver_class("frobenius", solver="cd")
+    with pytest.raises(InputError, match="unknown solver 'als'"):
+        solver_class("frobenius", solver="als")
+    with pytest.raises(InputError, match="solver 'cd' does not handle beta_loss"):
+        solver_class("kullback-leibler", solver="cd")
 
 
 KL = KullbackLeiblerMU

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .base import PassReport, Regularization, Solver
+from .cd import CoordinateDescent
 from .mu_beta import BetaDivergenceMU
 from .mu_frobenius import FrobeniusMU
 from .mu_kl import KullbackLeiblerMU
@@ -26,6 +27,7 @@ SOLVERS: dict[tuple[str, float | None], type[Solver]] = {
     (FrobeniusMU.name, FrobeniusMU.beta): FrobeniusMU,
     (KullbackLeiblerMU.name, KullbackLeiblerMU.beta): KullbackLeiblerMU,
     (BetaDivergenceMU.name, ANY_BETA): BetaDivergenceMU,
+    (CoordinateDescent.name, CoordinateDescent.beta): CoordinateDescent,
 }
 #: Accepted spellings of the costs, mapped to the beta of the beta-divergence.
 BETA_LOSSES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
@@ -38,6 +40,7 @@ __all__ = [
     "PassReport",
     "Regularization",
     "Solver",
+    "CoordinateDescent",
     "FrobeniusMU",
     "KullbackLeiblerMU",
     "beta_of",
@@ -69,6 +72,13 @@ def solver_class(beta_loss: Any, solver: str = "mu") -> type[Solver]:
         return SOLVERS[(solver, beta)]
     if (solver, ANY_BETA) in SOLVERS:
         return SOLVERS[(solver, ANY_BETA)].for_beta(beta)
+    costs = [name for name, b in BETA_LOSSES.items() if (solver, b) in SOLVERS]
+    if costs:  # a known solver, for other costs only (scikit-learn's wording first)
+        raise InputError(
+            f"Invalid beta_loss parameter: solver {solver!r} does not handle "
+            f"beta_loss = {beta_loss!r}; it minimizes {' or '.join(costs)} only "
+            f"(solver='mu' handles every beta_loss)"
+        )
     known = sorted({name for name, _ in SOLVERS})
     raise InputError(
         f"unknown solver {solver!r} for beta_loss={beta_loss!r}; choose one of {known}"

@@ -14,7 +14,11 @@ broadcast state and tells the engine what the pass learnt::
 
 A *state* is a tuple whose first item is H; the rest is whatever the block
 steps need of it (H Hᵀ, flags decided on the cluster).  ``start(H)`` makes one
-from H.  The solver also computes a loss by itself when the engine asks for
+from H.  Where the engine holds only H of a state (the local scheduler between
+passes, after a checkpoint, on resume) it also passes ``start`` the
+iteration t of that state and the solver's ``carry(state)``: a small
+JSON-able dict of what must outlive H (coordinate descent's initial
+violation), kept with checkpoints.  The solver also computes a loss by itself when the engine asks for
 one outside a pass (:meth:`loss_terms`, :meth:`loss_from_terms`) and solves
 for W with H fixed (:meth:`transform_block`, for ``transform``).
 
@@ -99,6 +103,9 @@ class Solver:
     losses_every_pass: ClassVar[bool] = False
     #: Whether ``accelerate=True`` is implemented.
     accelerates: ClassVar[bool] = False
+    #: Whether entries of W or H that start at zero stay zero (multiplicative
+    #: updates: the driver warns about init="nndsvd", as scikit-learn does for MU).
+    keeps_zeros: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -123,10 +130,20 @@ class Solver:
         from the validation pass's statistics (``min``, ``max``, ``sum``, ...)."""
 
     # -- the pass ---------------------------------------------------------------
-    def start(self, H: np.ndarray, loss_unknown: bool = False) -> tuple:
+    def start(
+        self, H: np.ndarray, loss_unknown: bool = False, t: int = 0, carry: dict | None = None
+    ) -> tuple:
         """The state a pass needs from H (``loss_unknown``: the pass must compute
-        the loss of this state, as at the start or after a resume)."""
+        the loss of this state, as at the start or after a resume; ``t``: the
+        iteration of this state; ``carry``: what :meth:`carry` kept of it, None
+        at the start of a fit)."""
         raise NotImplementedError
+
+    def carry(self, state: tuple) -> dict:
+        """What of ``state`` besides H and its iteration the next passes need:
+        a small JSON-able dict, saved with checkpoints and given back to
+        :meth:`start` (none for the multiplicative updates)."""
+        return {}
 
     def block_step(self, V: Any, W: np.ndarray, state: tuple, with_loss: bool) -> tuple:
         """``(W', partials)`` of one row block."""

@@ -206,7 +206,9 @@ class BetaDivergenceMU(Solver):
             raise InputError(f"V contains zeros and beta_loss={cls.loss_name!r}. {ZEROS_REFUSED}")
 
     # -- the pass ---------------------------------------------------------------
-    def start(self, H: np.ndarray, loss_unknown: bool = False) -> tuple:
+    def start(
+        self, H: np.ndarray, loss_unknown: bool = False, t: int = 0, carry: dict | None = None
+    ) -> tuple:
         return (H,)
 
     def block_step(self, V: Any, W: np.ndarray, state: tuple, with_loss: bool) -> tuple:

@@ -64,7 +64,9 @@ class FrobeniusMU(Solver):
         super().__init__(*args, **kwargs)
         self.direct_below = DIRECT_LOSS_BELOW.get(self.dtype.itemsize, DIRECT_LOSS_BELOW[4])
 
-    def start(self, H: np.ndarray, loss_unknown: bool = False) -> tuple:
+    def start(
+        self, H: np.ndarray, loss_unknown: bool = False, t: int = 0, carry: dict | None = None
+    ) -> tuple:
         return H, H @ H.T, bool(loss_unknown), math.nan
 
     def block_step(self, V: Any, W: np.ndarray, state: tuple, with_loss: bool) -> tuple:

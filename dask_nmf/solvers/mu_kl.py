@@ -30,7 +30,9 @@ class KullbackLeiblerMU(Solver):
     beta: ClassVar[float] = 1.0
     losses_every_pass: ClassVar[bool] = False
 
-    def start(self, H: np.ndarray, loss_unknown: bool = False) -> tuple:
+    def start(
+        self, H: np.ndarray, loss_unknown: bool = False, t: int = 0, carry: dict | None = None
+    ) -> tuple:
         return (H,)
 
     def block_step(self, V: Any, W: np.ndarray, state: tuple, with_loss: bool) -> tuple:

@@ -1,0 +1,282 @@
+"""Coordinate descent for ``0.5 * ||V - WH||^2`` (scikit-learn's ``NMF(solver="cd")``).
+
+Cichocki & Phan's HALS as scikit-learn runs it: per iteration, one sweep of
+exact coordinate minimization over the components of W, then one over H.
+For component t the whole column (row of H) moves at once:
+
+    grad = W (H Hᵀ)[:, t] - (V Hᵀ)[:, t],    W[:, t] <- max(W[:, t] - grad / (H Hᵀ)[t, t], 0)
+
+with the L2 penalty added to the diagonal of H Hᵀ and the L1 penalty
+subtracted from V Hᵀ.  The W sweep is row-local: each row block runs it on
+V_i Hᵀ inside ``block_step`` and emits A = W'ᵀV_i and B = W'ᵀW', the same
+sums as Frobenius MU; ``next_state`` runs the H sweep on them (the H
+problem's "H Hᵀ" is B, its "V Hᵀ" is Aᵀ).
+
+Stopping is scikit-learn's: the *violation* (sum of |projected gradient|
+seen during both sweeps) relative to the first iteration's, ``<= tol``.  The
+W part is an additive per-block sum, the H part is computed in
+``next_state``, and the pass reports ``done`` (:class:`PassReport`); the
+initial violation lives in the state and in checkpoints (``carry``).
+
+With ``shuffle`` the components are visited in a random order: one
+``RandomState(seed).permutation(k)`` for the W sweep, then one for the H
+sweep, every iteration, as scikit-learn draws them; the permutations of
+iteration t are a function of (seed, t) (see :func:`permutation`), so passes
+submitted ahead of their predecessor's report, resumed fits and every
+worker agree on them.
+
+The loss comes from the sums, as for Frobenius MU (whose state layout,
+direct-residual fallback and report this class reuses).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import kernels
+from .mu_frobenius import FrobeniusMU, _expansion_loss
+
+#: Permutations kept per stream (a pass asks for those of one iteration; a
+#: run-ahead pass, or a transform block on another thread, for nearby ones).
+KEEP_PERMUTATIONS = 64
+#: Streams (seed, k) cached per process.
+KEEP_STREAMS = 8
+
+_streams_lock = threading.Lock()
+_streams: OrderedDict[tuple[int, int], _Stream] = OrderedDict()
+
+
+class _Stream:
+    """The permutations ``RandomState(seed).permutation(k)`` draws, in order."""
+
+    def __init__(self, seed: int, k: int):
+        self.rng, self.k = np.random.RandomState(seed), k
+        self.drawn = 0
+        self.recent: dict[int, np.ndarray] = {}
+
+    def get(self, index: int) -> np.ndarray:
+        while self.drawn <= index:
+            self.recent[self.drawn] = self.rng.permutation(self.k).astype(np.intp)
+            self.recent.pop(self.drawn - KEEP_PERMUTATIONS, None)
+            self.drawn += 1
+        return self.recent[index]
+
+
+def permutation(seed: int | None, k: int, index: int) -> np.ndarray:
+    """The ``index``-th permutation of ``range(k)`` drawn from ``RandomState(seed)``
+    (0-based), or the identity for ``seed=None`` (no shuffle).
+
+    scikit-learn draws from one RandomState through the fit; here any task can
+    ask for any draw.  Each process keeps the stream (and its last draws), so
+    consecutive passes cost one or two draws each; an earlier draw than the
+    stream keeps replays it from the seed (a few microseconds per draw).
+    """
+    if seed is None:
+        return np.arange(k, dtype=np.intp)
+    with _streams_lock:
+        stream = _streams.get((seed, k))
+        if stream is None or index < stream.drawn - KEEP_PERMUTATIONS:
+            stream = _Stream(seed, k)
+        _streams[(seed, k)] = stream
+        _streams.move_to_end((seed, k))
+        while len(_streams) > KEEP_STREAMS:
+            _streams.popitem(last=False)
+        return stream.get(index)
+
+
+def seed_of(random_state: Any) -> int:
+    """An int seed from ``random_state`` as scikit-learn's ``check_random_state``
+    takes it: an int is the seed itself (so the permutations are scikit-learn's);
+    None or a ``RandomState`` give one drawn from NumPy's global state or from it."""
+    from ..io import InputError
+    from ..options import is_int
+
+    if is_int(random_state):
+        try:
+            np.random.RandomState(int(random_state))
+        except ValueError as exc:
+            raise InputError(f"random_state={random_state!r}: {exc}") from None
+        return int(random_state)
+    if random_state is None:
+        random_state = np.random.mtrand._rand
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(np.iinfo(np.int32).max))
+    raise InputError(
+        f"random_state must be None, an int or a numpy.random.RandomState; got {random_state!r}"
+    )
+
+
+def sweep(Wt: np.ndarray, HHt: np.ndarray, XHt_t: np.ndarray, order: np.ndarray) -> float:
+    """One coordinate-descent sweep over the components, in place; its violation.
+
+    ``Wt`` is the factor transposed (k x rows, C order, so a component is a
+    contiguous row), ``HHt`` the k x k Gram matrix of the other factor (L2
+    already on its diagonal), ``XHt_t`` the k x rows product with the data
+    (L1 already subtracted).  Components are visited in ``order``; each sees
+    the ones updated before it, as in scikit-learn's ``_update_cdnmf_fast``.
+    """
+    violation = 0.0
+    for t in order:
+        row = Wt[t]
+        grad = HHt[t] @ Wt - XHt_t[t]
+        # Projected gradient: at a zero entry only a descent direction counts.
+        projected = np.where(row == 0, np.minimum(grad, 0), grad)
+        violation += float(np.abs(projected).sum(dtype=np.float64))
+        hess = HHt[t, t]
+        if hess != 0:
+            np.maximum(row - grad / hess, 0, out=row)
+    return violation
+
+
+class CoordinateDescent(FrobeniusMU):
+    """scikit-learn's coordinate descent (Frobenius only).
+
+    The state is ``(H, H Hᵀ + l2_W I, direct, loss, t, violation_init,
+    violation)``: the first four as :class:`FrobeniusMU`'s (so its report and
+    direct-loss machinery apply), ``t`` the state's iteration (it selects the
+    permutations of the pass from it), ``violation_init`` the first
+    iteration's violation (NaN until known) and ``violation`` that of the
+    iteration that produced the state.
+    """
+
+    name: ClassVar[str] = "cd"
+    loss_name: ClassVar[str] = "frobenius"
+    beta: ClassVar[float] = 2.0
+    losses_every_pass: ClassVar[bool] = True
+    #: (accelerated updates are implemented for MU only)
+    accelerates: ClassVar[bool] = False
+    keeps_zeros: ClassVar[bool] = False
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # An int, pickled into the tasks; None: the identity order.
+        self.random_state = seed_of(self.random_state) if self.shuffle else None
+
+    def _order(self, index: int, k: int) -> np.ndarray:
+        return permutation(self.random_state, k, index)
+
+    def _gram(self, H: np.ndarray, l2: float) -> np.ndarray:
+        HHt = H @ H.T
+        if l2 != 0:  # scikit-learn: L2 is an increase of the diagonal
+            HHt.flat[:: HHt.shape[0] + 1] += l2
+        return HHt
+
+    # -- the pass ---------------------------------------------------------------
+    def start(
+        self, H: np.ndarray, loss_unknown: bool = False, t: int = 0, carry: dict | None = None
+    ) -> tuple:
+        init = (carry or {}).get("violation_init")
+        init = math.nan if init is None else float(init)
+        return H, self._gram(H, self.reg.l2_W), bool(loss_unknown), math.nan, t, init, math.nan
+
+    def carry(self, state: tuple) -> dict:
+        init = state[5]
+        return {"violation_init": None if math.isnan(init) else float(init)}
+
+    def block_step(self, V: Any, W: np.ndarray, state: tuple, with_loss: bool) -> tuple:
+        H, HHt, direct, _, t = state[:5]
+        V = kernels.as_block(V)
+        k, n = H.shape
+        order = self._order(2 * t, k)  # this iteration's W sweep
+        W_new = np.empty_like(W)
+        A = np.zeros((k, n), dtype=W.dtype)
+        B = np.zeros((k, k), dtype=W.dtype)
+        product = np.empty((k, n), dtype=A.dtype)
+        violation, r0 = 0.0, 0.0
+        row_bytes = kernels._row_bytes(V)
+        residual_buf = None
+        if direct:
+            rows_max = min(kernels._sub_step(row_bytes), V.shape[0])
+            residual_buf = np.empty((rows_max, n), np.result_type(W, H))
+        # Sub-blocks of rows, as the MU kernel does: the sweep is row-local, and
+        # W'ᵀV of a sub-block is formed while that part of V is in cache.
+        for rows in kernels._sub_blocks(V.shape[0], row_bytes):
+            Vs = V[rows]
+            if direct:
+                r0 += kernels._residual_sumsq(Vs, W[rows], H, residual_buf[: Vs.shape[0]])
+            Wt = np.ascontiguousarray(W[rows].T)
+            XHt_t = np.ascontiguousarray((Vs @ H.T).T)
+            if self.reg.l1_W != 0:
+                XHt_t -= self.reg.l1_W
+            violation += sweep(Wt, HHt, XHt_t, order)
+            W_new[rows] = Wt.T
+            A += kernels._product(Wt, Vs, product)
+            B += Wt @ Wt.T
+        partials = {"A": A, "B": B, **kernels._w_terms(W_new, W), "violation": violation}
+        if direct:
+            partials["r0"] = r0
+        return W_new, partials
+
+    def next_state(self, state: tuple, sums: dict) -> tuple:
+        H, t, init = state[0], state[4], state[5]
+        # The H problem is the W problem transposed: its Gram matrix is B = W'ᵀW'
+        # and its data product (V W')ᵀ = A.
+        H_new = H.copy()
+        B = self._gram_of(sums["B"], self.reg.l2_H)
+        A = sums["A"] - self.reg.l1_H if self.reg.l1_H != 0 else sums["A"]
+        violation = sums["violation"] + sweep(H_new, B, A, self._order(2 * t + 1, H.shape[0]))
+        if math.isnan(init):  # the pass from the first state
+            init = violation
+        HHt = H_new @ H_new.T
+        loss = _expansion_loss(self.norm_v2, sums["A"], sums["B"], H_new, HHt)
+        # (Decided on the cluster, as for MU: the next pass reads it from the state.)
+        direct = not 2 * loss >= self.direct_below * self.norm_v2
+        HHt_w = self._gram(H_new, self.reg.l2_W)
+        return H_new, HHt_w, direct, loss, t + 1, init, violation
+
+    @staticmethod
+    def _gram_of(B: np.ndarray, l2: float) -> np.ndarray:
+        if l2 == 0:
+            return B
+        B = B.copy()
+        B.flat[:: B.shape[0] + 1] += l2
+        return B
+
+    def pass_report(self, state: tuple, state_next: tuple, sums: dict, with_loss: bool):
+        report = super().pass_report(state, state_next, sums, with_loss)
+        report.done = self._done(state_next[6], state_next[5], self.tol)
+        return report
+
+    @staticmethod
+    def _done(violation: float, init: float, tol: float) -> bool:
+        """scikit-learn's rule: stop when ``violation / violation_init <= tol``
+        (at once when the first violation is 0: a fixed point)."""
+        return init == 0 or violation / init <= tol
+
+    def converged(self, losses: list[float], t: int, tol: float) -> bool:
+        return False  # the violation decides (PassReport.done), not the loss history
+
+    # -- transform ----------------------------------------------------------------
+    def transform_block(
+        self, V: Any, H: np.ndarray, w_start: float, max_iter: int, tol: float
+    ) -> np.ndarray:
+        """W for the rows of V with H fixed: scikit-learn's cd transform
+        (``_fit_coordinate_descent(update_H=False)``) on this block.
+
+        W starts at zero (``w_start`` is MU's start, unused); each iteration is
+        one W sweep, its permutation the iteration's one draw.  The violation
+        rule is applied to this block's own violation, so blocks never wait
+        for each other: each block's W is scikit-learn's transform of its rows.
+        """
+        V = kernels.as_block(V)
+        k = H.shape[0]
+        Wt = np.zeros((k, V.shape[0]), dtype=H.dtype)
+        if V.shape[0] == 0:
+            return np.ascontiguousarray(Wt.T)
+        HHt = self._gram(H, self.reg.l2_W)
+        XHt_t = np.ascontiguousarray((V @ H.T).T)
+        if self.reg.l1_W != 0:
+            XHt_t -= self.reg.l1_W
+        init = math.nan
+        for n_iter in range(1, max_iter + 1):
+            violation = sweep(Wt, HHt, XHt_t, self._order(n_iter - 1, k))
+            if n_iter == 1:
+                init = violation
+            if self._done(violation, init, tol):
+                break
+        return np.ascontiguousarray(Wt.T)
