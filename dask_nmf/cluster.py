@@ -395,32 +395,33 @@ class Runner:
         """The scheduler's description of each worker, by address (a cluster only)."""
         return self.client.scheduler_info(n_workers=-1)["workers"]
 
-    def block_size_limit(self, fraction: float = BLOCK_MEMORY_FRACTION):
-        """A context capping dask's ``array.chunk-size`` (the default block size) by memory.
+    def block_bytes(self, whole_blocks: bool) -> int:
+        """The most bytes a block of V may hold here: dask's ``array.chunk-size``,
+        capped on a cluster by the workers' memory.
 
         Reading V out of core, a worker thread holds little more than the block
         it reads and updates (decoded in place, one stored chunk's bytes at a
         time), and the NNDSVD initializations' randomized SVD reads a dense
         zarr V in pieces of at most half a block, of which it holds about six
-        per thread at its peak.  Blocks of such a V get at most ``fraction``
-        (1/8) of a worker's memory limit per thread: fewer, larger blocks mean
-        fewer tasks per iteration, and a worker's peak (a block, its
-        temporaries, the SVD's pieces) stays below dask's 60 % memory target.  Any
-        other lazy V (a dask array, xarray, a sparse store) is read by the SVD
-        in whole blocks, which get 1/16.
+        per thread at its peak.  Blocks of such a V get at most 1/8 of a
+        worker's memory limit per thread: fewer, larger blocks mean fewer tasks
+        per iteration, and a worker's peak (a block, its temporaries, the SVD's
+        pieces) stays below dask's 60 % memory target.  ``whole_blocks``: V is
+        another lazy input (a dask array, xarray, a sparse store), which the
+        SVD reads in whole blocks: those get 1/16.
         """
+        current = parse_bytes(dask.config.get("array.chunk-size"))
         if not self.distributed:
-            return contextlib.nullcontext()
+            return current
+        fraction = WHOLE_BLOCK_MEMORY_FRACTION if whole_blocks else BLOCK_MEMORY_FRACTION
         per_thread = [
             w["memory_limit"] / max(1, w.get("nthreads", 1))
             for w in self._workers().values()
             if w.get("memory_limit")
         ]
-        current = parse_bytes(dask.config.get("array.chunk-size"))
-        if not per_thread or min(per_thread) * fraction >= current:
-            return contextlib.nullcontext()
-        cap = min(per_thread) * fraction
-        return dask.config.set({"array.chunk-size": max(1, int(cap))})
+        if not per_thread:
+            return current
+        return max(1, min(current, int(min(per_thread) * fraction)))
 
     def memory_budget(self) -> float:
         """Bytes of V worth keeping in memory: half the workers' memory limits."""

@@ -33,11 +33,10 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-import zarr
 
 from . import outputs, persistence, workers
 from .checkpoint import Checkpoints
-from .cluster import WHOLE_BLOCK_MEMORY_FRACTION, Runner, resolve_client
+from .cluster import Runner, resolve_client
 from .init import custom_init, nndsvd_init, random_init, resolve_init
 from .io import (
     BlockReader,
@@ -276,14 +275,7 @@ def fit(
         sample_dims=sample_dims,
         feature_dims=feature_dims,
     )
-    with runner.block_size_limit():
-        Vin = open_input(V, block_rows, **opening)
-    whole_blocks = Vin.array is not None and not isinstance(Vin.zarr, zarr.Array)
-    if block_rows is None and runner.distributed and whole_blocks:
-        # Only a dense zarr store is read by the NNDSVD's SVD in half blocks; from
-        # any other lazy source it holds whole blocks (about six per thread).
-        with runner.block_size_limit(WHOLE_BLOCK_MEMORY_FRACTION):
-            Vin = open_input(V, None, **opening)
+    Vin = open_input(V, block_rows, block_bytes=runner.block_bytes, **opening)
     runner.expect_blocks(Vin, checkpoint, storage_options)  # (for ClusterError's messages)
     m, n = Vin.shape
     k = options.n_components

@@ -28,6 +28,7 @@ def default_block_rows(
     row_chunk: int | None = None,
     parallelism: int = 1,
     row_bytes: int | None = None,
+    block_bytes: int | None = None,
 ) -> int:
     """Rows per block: at most dask's ``array.chunk-size``, at least two blocks
     per worker thread where V has the rows, and as large as an even share of
@@ -40,9 +41,10 @@ def default_block_rows(
     most 2 % more rows than the best of them.  Blocks are whole multiples of
     the store's row chunk when there are chunks enough for two blocks per
     thread, so no stored chunk is split between two blocks (and decompressed
-    twice).
+    twice).  ``block_bytes``: the most a block may hold (default: dask's
+    ``array.chunk-size``).
     """
-    target = parse_bytes(dask.config.get("array.chunk-size"))
+    target = block_bytes or parse_bytes(dask.config.get("array.chunk-size"))
     if row_bytes is None:
         row_bytes = n_cols * np.dtype(dtype).itemsize
     threads = max(1, parallelism)
@@ -86,10 +88,10 @@ def row_bounds(n_rows: int, block_rows: int) -> list[tuple[int, int]]:
 
 
 def _check_block_sizes(
-    m: int, n: int, block_rows: int, row_bytes: int, in_memory: bool = False
+    m: int, n: int, block_rows: int, row_bytes: int, target: int, in_memory: bool = False
 ) -> None:
-    """Refuse, before anything of size m is built, row blocks that cannot work."""
-    target = parse_bytes(dask.config.get("array.chunk-size"))
+    """Refuse, before anything of size m is built, row blocks that cannot work
+    (``target``: the most bytes a block may hold)."""
     if row_bytes > target and not in_memory:
         raise InputError(
             f"one row of V ({n} columns) takes {row_bytes} bytes, more than a block of V may "

@@ -4,6 +4,7 @@ zarr array or group, a dask array, NumPy, SciPy sparse, xarray."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import dask
@@ -11,6 +12,7 @@ import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 import zarr
+from dask.utils import parse_bytes
 
 from .blocks import _check_block_sizes, default_block_rows, row_bounds, rows_array
 from .csr import ZarrCSR, _check_csr, _csr_group
@@ -89,6 +91,7 @@ def open_input(
     variable: str | None = None,
     sample_dims: Any = None,
     feature_dims: Any = None,
+    block_bytes: Callable[[bool], int] | None = None,
 ) -> InputMatrix:
     """Turn V into an :class:`InputMatrix` (no values are read here).
 
@@ -111,6 +114,10 @@ def open_input(
     sample_dims, feature_dims : str or sequence of str, optional
         For xarray input: the dimensions stacked into rows (samples) and columns
         (features).  A 2-D DataArray defaults to (first, second).
+    block_bytes : callable, optional
+        ``block_bytes(whole_blocks)``: the most bytes a block may hold, given
+        whether V is a lazy input other than a dense zarr store (the NNDSVD's
+        SVD reads those in whole blocks).  Default: dask's ``array.chunk-size``.
     """
     source: dict = {"kind": type(V).__name__}
     labels = None
@@ -184,13 +191,21 @@ def open_input(
     # A sparse row costs its non-zeros (value + column index), not n values.
     row_bytes = None if nnz is None else max(1, nnz // m) * (compute_dtype.itemsize + 4)
     stored = None if nnz is None else nnz * (compute_dtype.itemsize + 4) + 8 * (m + 1)
+    in_memory = isinstance(V, np.ndarray) or sp.issparse(V)
+    # Other lazy inputs than a dense zarr store are read whole by the NNDSVD's SVD.
+    whole_blocks = not in_memory and not isinstance(V, zarr.Array)
+    if block_bytes is None:
+        limit = parse_bytes(dask.config.get("array.chunk-size"))
+    else:
+        limit = block_bytes(whole_blocks)
     if block_rows is None:
-        block_rows = default_block_rows(m, n, compute_dtype, row_chunk, parallelism, row_bytes)
+        block_rows = default_block_rows(
+            m, n, compute_dtype, row_chunk, parallelism, row_bytes, limit
+        )
     elif not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
         raise InputError(f"block_rows must be a positive integer; got {block_rows!r}")
     block_rows = int(min(block_rows, m))
-    in_memory = isinstance(V, np.ndarray) or sp.issparse(V)
-    _check_block_sizes(m, n, block_rows, row_bytes or n * compute_dtype.itemsize, in_memory)
+    _check_block_sizes(m, n, block_rows, row_bytes or n * compute_dtype.itemsize, limit, in_memory)
     if isinstance(V, zarr.Array):
         _check_something_stored(V)
     elif sp.issparse(V):
