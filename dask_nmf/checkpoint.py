@@ -142,3 +142,24 @@ class Checkpoints:
             )
             for a, b in self.bounds
         ]
+
+
+def lineage_store(runner: Runner) -> tuple[str, str]:
+    """A temporary store for the lineage cuts of a fit with no checkpoint of its
+    own: ``(folder to remove at the end, store path)``.  Every worker must see
+    it (the workers of a multi-machine cluster do not share this machine's
+    temporary directory: then the fit needs ``checkpoint=``)."""
+    import os
+    import tempfile
+
+    from .io import InputError
+
+    folder = tempfile.mkdtemp(prefix="dask-nmf-")
+    seen = runner.client.run(os.path.isdir, folder)
+    if not all(seen.values()):
+        os.rmdir(folder)
+        raise InputError(
+            "the workers cannot see this machine's temporary directory; pass "
+            "checkpoint= a location all workers can reach (shared disk or object store)"
+        )
+    return folder, os.path.join(folder, "state.zarr")

@@ -156,7 +156,7 @@ def fit(
     finished run reports it instead of running it again, unless --max-iter
     asks for more iterations than it ran.
     """
-    from . import driver, options, outputs
+    from . import driver, options, outputs, resuming
 
     check_cluster_options(scheduler, scheduler_file, n_workers, threads_per_worker, memory_limit)
 
@@ -206,7 +206,7 @@ def fit(
     if resume:
         state = meta.get("state") or {}
         start = int(state.get("iteration", 0))
-        done, note = driver.finished_run(meta, max_iter)
+        done, note = resuming.finished_run(meta, max_iter)
         if done:
             click.echo(f"{output}: {note.replace('max_iter', '--max-iter')}", err=True)
             return
@@ -221,7 +221,7 @@ def fit(
         interrupts = Interrupts()
         try:
             with interrupts, warnings.catch_warnings():
-                warnings.simplefilter("ignore", driver.ResumeNote)  # (said above)
+                warnings.simplefilter("ignore", resuming.ResumeNote)  # (said above)
                 res = fail_on_input_errors(
                     driver.fit,
                     input_,

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
-import tempfile
 import time
 import uuid
 import warnings
@@ -34,10 +32,10 @@ import dask
 import dask.array as da
 import numpy as np
 
-from . import outputs, persistence, workers
-from .checkpoint import Checkpoints
+from . import outputs, persistence, resuming, workers
+from .checkpoint import Checkpoints, lineage_store
 from .cluster import Runner, resolve_client
-from .init import custom_init, nndsvd_init, random_init, resolve_init
+from .init import initialize, plan_start
 from .io import (
     BlockReader,
     InputError,
@@ -279,26 +277,7 @@ def fit(
     runner.expect_blocks(Vin, checkpoint, storage_options)  # (for ClusterError's messages)
     m, n = Vin.shape
     k = options.n_components
-    init = resolve_init(options.init, k, Vin.shape)
-    custom = None
-    if init == "custom" and not resume:
-        if W_init is None or H_init is None:
-            raise InputError("init='custom' needs both W_init and H_init")
-        custom = custom_init(Vin, k, W_init, H_init)  # validated before V is read
-    elif W_init is not None or H_init is not None:
-        warnings.warn(
-            f"init={init!r}: the W_init/H_init given are ignored (use init='custom')",
-            UserWarning,
-            stacklevel=2,
-        )
-    if init == "nndsvd" and options.algorithm.keeps_zeros:
-        warnings.warn(  # (scikit-learn's first sentence, which users filter on)
-            "The multiplicative update ('mu') solver cannot update zeros present in the "
-            "initialization: multiplicative updates cannot move entries that start at zero, "
-            "which init='nndsvd' produces; init='nndsvda' or 'nndsvdar' usually fit better",
-            UserWarning,
-            stacklevel=2,
-        )
+    init, custom = plan_start(options, Vin, W_init, H_init, resume)
     params = dict(options.record(), init=init, block_rows=Vin.block_rows, dtype=Vin.dtype.name)
 
     # The output is taken before V is read: refused unless it is absent or ours,
@@ -323,10 +302,10 @@ def fit(
     try:
         if resume:
             resume_meta = claim.marker
-            _check_resumable(resume_meta, params, Vin, V_places)
-            done, note = finished_run(resume_meta, options.max_iter)
+            resuming.check_resumable(resume_meta, params, Vin, V_places)
+            done, note = resuming.finished_run(resume_meta, options.max_iter)
             if done:
-                warnings.warn(f"{checkpoint!r}: {note}", ResumeNote, stacklevel=2)
+                warnings.warn(f"{checkpoint!r}: {note}", resuming.ResumeNote, stacklevel=2)
                 return persistence.load(checkpoint, storage_options)
 
         # Keep V's decoded blocks in memory when they fit: every pass after the first
@@ -351,11 +330,11 @@ def fit(
             stats = local_stats or input_stats(runner, sources, reader, Vin.bounds)
             check_stats(stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
             options.algorithm.check_stats(stats)
-            fingerprint = _fingerprint(stats, V_places)
+            fingerprint = resuming.fingerprint(stats, V_places)
             if resume_meta is not None:
-                _check_fingerprint(resume_meta, fingerprint)
+                resuming.check_fingerprint(resume_meta, fingerprint)
                 if note is not None:
-                    warnings.warn(f"{checkpoint!r}: {note}", ResumeNote, stacklevel=2)
+                    warnings.warn(f"{checkpoint!r}: {note}", resuming.ResumeNote, stacklevel=2)
         except BaseException:
             runner.release_read_buffers()  # (on success, released when the fit ends)
             raise
@@ -365,15 +344,7 @@ def fit(
         store = checkpoint
         if store is None and runner.distributed:
             # The lineage cut needs a store every worker can read.
-            temp_store = store = tempfile.mkdtemp(prefix="dask-nmf-")
-            store = os.path.join(store, "state.zarr")
-            seen = runner.client.run(os.path.isdir, temp_store)
-            if not all(seen.values()):
-                os.rmdir(temp_store)
-                raise InputError(
-                    "the workers cannot see this machine's temporary directory; pass "
-                    "checkpoint= a location all workers can reach (shared disk or object store)"
-                )
+            temp_store, store = lineage_store(runner)
         meta = {
             "params": params,
             "input": dict(Vin.source, fingerprint=fingerprint),
@@ -393,7 +364,7 @@ def fit(
             W_h, H, losses, t, carry = checkpoints.restore(resume_meta)
             it = Iterate(W_h, H, t, losses, carry=carry)
         else:
-            W_src, H = custom or _initialize(
+            W_src, H = custom or initialize(
                 init, Vin, k, stats, options.random_state, runner, reader
             )
             it = Iterate(runner.place(W_src), H, 0)
@@ -474,109 +445,6 @@ def _announce(verbose: bool, on_checkpoint: Callable | None) -> Callable[[int, A
             on_checkpoint(t, store)
 
     return saved
-
-
-def _initialize(init, Vin, k, stats, random_state, runner, reader=None):
-    mean = stats["sum"] / (Vin.shape[0] * Vin.shape[1])
-    if init == "random":
-        return random_init(Vin, k, mean, random_state)
-    return nndsvd_init(Vin, k, mean, init, random_state, runner, reader)
-
-
-def _check_resumable(meta: dict, params: dict, Vin: InputMatrix, V_places: list) -> None:
-    """Refuse a resume from a checkpoint made with another V or other settings."""
-    if not meta.get("state"):
-        raise InputError("cannot resume: the checkpoint holds no complete state yet")
-    shape = meta.get("input", {}).get("shape")
-    if shape is not None and tuple(shape) != tuple(Vin.shape):
-        raise InputError(
-            f"cannot resume: the checkpoint is for V of shape {tuple(shape)}, not {Vin.shape}"
-        )
-    old = meta.get("params", {})
-    for key in (
-        "n_components",
-        "beta_loss",
-        "solver",
-        "shuffle",
-        "accelerate",
-        "block_rows",
-        "alpha_W",
-        "alpha_H",
-        "l1_ratio",
-        "dtype",
-    ):
-        if key in old and old[key] != params[key]:
-            raise InputError(
-                f"cannot resume: the checkpoint was made with {key}={old[key]!r}, not {params[key]!r}"
-            )
-    old_dtype = meta.get("input", {}).get("dtype")
-    if old_dtype is not None and old_dtype != str(Vin.source.get("dtype", old_dtype)):
-        raise InputError(
-            f"cannot resume: the checkpoint is for V of dtype {old_dtype}, "
-            f"not {Vin.source.get('dtype')}"
-        )
-    where = meta.get("input", {}).get("fingerprint", {}).get("location")
-    here = str(V_places[0]) if V_places else None
-    if where is not None and here is not None and where != here:
-        raise InputError(
-            f"cannot resume: the checkpoint was made from V at {where!r}, not {here!r}"
-        )
-
-
-class ResumeNote(UserWarning):
-    """What resuming a finished run did (see :func:`finished_run`)."""
-
-
-def finished_run(meta: dict, max_iter: int) -> tuple[bool, str | None]:
-    """What resuming a checkpoint does when it holds a finished run.
-
-    A finished run is reported, not continued, unless it stopped at its
-    ``max_iter`` (not by ``tol``) and ``max_iter`` now asks for more.
-
-    Returns
-    -------
-    (bool, str or None)
-        Whether there is nothing to run, and what to tell the user (None when
-        the checkpoint is not a finished run).
-    """
-    state = meta.get("state") or {}
-    if not state.get("finished"):
-        return False, None
-    ran, converged = int(state["n_iter"]), bool(state.get("converged"))
-    if converged:
-        return True, f"it holds a finished run ({ran} iterations, converged): nothing to run"
-    if max_iter <= ran:
-        return True, (
-            f"it holds a finished run ({ran} iterations, stopped at max_iter={ran}): nothing "
-            f"to run; a max_iter above {ran} continues it"
-        )
-    return (
-        False,
-        f"it holds a run finished at iteration {ran}; continuing it to max_iter={max_iter}",
-    )
-
-
-def _fingerprint(stats: dict, V_places: list) -> dict:
-    """What identifies V in a checkpoint: its sum and ‖V‖², and where it is stored."""
-    return {
-        "sum": float(stats["sum"]),
-        "sumsq": float(stats["sumsq"]),
-        "location": str(V_places[0]) if V_places else None,
-    }
-
-
-def _check_fingerprint(meta: dict, fingerprint: dict) -> None:
-    old = meta.get("input", {}).get("fingerprint")
-    if not old:
-        return  # (a checkpoint written before fingerprints existed)
-    for key in ("sum", "sumsq"):
-        # The same blocks summed again: equal but for the order of a tree reduction.
-        if not math.isclose(old[key], fingerprint[key], rel_tol=1e-6, abs_tol=1e-300):
-            raise InputError(
-                f"cannot resume: V is not the data the checkpoint was made from "
-                f"(its {'sum' if key == 'sum' else 'sum of squares'} is {fingerprint[key]:.10g}, "
-                f"the checkpoint's V had {old[key]:.10g})"
-            )
 
 
 def input_matrix(V: Any, block_rows: int | None = None, **kw) -> InputMatrix:

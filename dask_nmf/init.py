@@ -248,3 +248,44 @@ def custom_init(V: InputMatrix, k: int, W_init: Any, H_init: Any):
         W_init = np.asarray(W_init, dtype=V.dtype)
         W = [W_init[a:b] for a, b in V.bounds]
     return W, H
+
+
+def plan_start(options: Any, Vin: InputMatrix, W_init: Any, H_init: Any, resume: bool):
+    """The initialization a fit uses: ``(init name, custom (W, H) or None)``.
+
+    Given W and H are checked against V's shape before V is read; given
+    factors that are not used, and init="nndsvd" for a solver that cannot move
+    zeros, are warned about (scikit-learn's warnings).
+    """
+    import warnings
+
+    k = options.n_components
+    init = resolve_init(options.init, k, Vin.shape)
+    custom = None
+    if init == "custom" and not resume:
+        if W_init is None or H_init is None:
+            raise InputError("init='custom' needs both W_init and H_init")
+        custom = custom_init(Vin, k, W_init, H_init)
+    elif W_init is not None or H_init is not None:
+        warnings.warn(
+            f"init={init!r}: the W_init/H_init given are ignored (use init='custom')",
+            UserWarning,
+            stacklevel=4,
+        )
+    if init == "nndsvd" and options.algorithm.keeps_zeros:
+        warnings.warn(  # (scikit-learn's first sentence, which users filter on)
+            "The multiplicative update ('mu') solver cannot update zeros present in the "
+            "initialization: multiplicative updates cannot move entries that start at zero, "
+            "which init='nndsvd' produces; init='nndsvda' or 'nndsvdar' usually fit better",
+            UserWarning,
+            stacklevel=4,
+        )
+    return init, custom
+
+
+def initialize(init, Vin, k, stats, random_state, runner, reader=None):
+    """``(W, H)`` of the initialization ``init`` (a resolved name, not "custom")."""
+    mean = stats["sum"] / (Vin.shape[0] * Vin.shape[1])
+    if init == "random":
+        return random_init(Vin, k, mean, random_state)
+    return nndsvd_init(Vin, k, mean, init, random_state, runner, reader)
