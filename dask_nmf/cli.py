@@ -189,7 +189,7 @@ def fit(
         l1_ratio=l1_ratio,
         shuffle=shuffle,
         accelerate=accelerate,
-        loss_every=10 if loss_every is None else loss_every,
+        loss_every=loss_every,
         checkpoint_every=checkpoint_every,
     )
     fail_on_input_errors(

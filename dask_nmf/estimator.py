@@ -275,7 +275,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             l1_ratio=self.l1_ratio,
             shuffle=self.shuffle,
             accelerate=self.accelerate,
-            loss_every=10 if self.loss_every is None else self.loss_every,
+            loss_every=self.loss_every,
         )
 
     def _our_parameter_message(self) -> str | None:

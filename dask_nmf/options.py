@@ -93,10 +93,12 @@ class FitOptions:
     l1_ratio: float = 0.0
     shuffle: bool = False
     accelerate: bool = False
-    loss_every: int = 10
+    loss_every: int | None = 10
     checkpoint_every: int = 10
 
     def __post_init__(self) -> None:
+        if self.loss_every is None:  # (the default, 10, where callers pass None through)
+            object.__setattr__(self, "loss_every", 10)
         check_params(
             self.n_components, self.max_iter, self.tol, self.alpha_W, self.alpha_H, self.l1_ratio
         )

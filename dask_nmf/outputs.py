@@ -252,16 +252,9 @@ class Claim:
         self.release()
 
 
-def claim_output(
-    path: Any,
-    *,
-    overwrite: bool = False,
-    resume: bool = False,
-    inputs: list[Location] = (),
-    storage_options: dict | None = None,
-    what: str = "output",
-) -> Claim:
-    """Take ``path`` for writing: :func:`check_output`, then an exclusive lock.
+def claim_output(path: Any, **rules: Any) -> Claim:
+    """Take ``path`` for writing: :func:`check_output` (``rules`` are its keyword
+    arguments), then an exclusive lock.
 
     Nothing is deleted here; call :meth:`Claim.clear` before writing anew over
     an earlier result, and :meth:`Claim.release` at the end (also on failure).
@@ -272,17 +265,17 @@ def claim_output(
         As :func:`check_output`, and when another run holds the location or
         it cannot be written to.
     """
-    kw = dict(overwrite=overwrite, resume=resume, inputs=inputs, what=what)
-    loc, _ = check_output(path, storage_options=storage_options, **kw)
+    loc, _ = check_output(path, **rules)
     created = _entries(loc) is None
     try:
         _lock(loc)
     except OSError as exc:  # read-only, no permission, no such bucket, ...
+        what = rules.get("what", "output")
         raise InputError(f"cannot write to the {what} {loc.given!r}: {exc}") from None
     claim = Claim(loc, None, created)
     try:
         # Again under the lock: another run may have written here since the check.
-        _, claim.marker = check_output(path, storage_options=storage_options, **kw)
+        _, claim.marker = check_output(path, **rules)
     except BaseException:
         claim.release()
         raise

@@ -172,17 +172,9 @@ class PassBuilder:
         # next pass while this one still holds its own (memory, not speed).
         self.may_run_ahead = all(in_memory(v) for v in self.source_graph.values())
 
-    def launch(
-        self,
-        W: list,
-        state: Any,
-        t: int,
-        first: bool,
-        with_loss: bool,
-        carry: dict | None = None,
-    ) -> Pass:
-        """Submit pass t (see :meth:`build`); returns its handles."""
-        dsk, keys, owners = self.build(W, state, t, first, with_loss, carry)
+    def launch(self, *pass_args: Any, **pass_kwargs: Any) -> Pass:
+        """Submit a pass (the arguments are :meth:`build`'s); returns its handles."""
+        dsk, keys, owners = self.build(*pass_args, **pass_kwargs)
         self.graph_tasks.append(len(dsk))
         handles = self.runner.submit_graph(dsk, keys, owners)
         return Pass(W=handles[:-2], state=handles[-2], losses=handles[-1])
