@@ -16,7 +16,6 @@ from sklearn.utils._param_validation import (
     StrOptions,
 )
 from sklearn.utils.validation import (
-    check_array,
     check_is_fitted,
     check_non_negative,
     validate_data,
@@ -25,97 +24,18 @@ from sklearn.utils.validation import (
 from . import driver
 from .cluster import Runner, resolve_client
 from .io import InputError
-from .options import INITS, FitOptions, is_int
+from .options import INITS, FitOptions
 from .persistence import load
+from .sklearn_compat import (
+    DtypeError,
+    ParameterError,
+    custom_factor,
+    in_memory,
+    positive_int_or_none,
+    sk_checked,
+    sklearn_input,
+)
 from .solvers import SOLVERS
-
-
-class ParameterError(InputError, InvalidParameterError):
-    """A bad parameter of :class:`NMF`.
-
-    Its message gives our wording and scikit-learn's; it is caught as
-    :class:`dask_nmf.InputError`, ``ValueError`` and scikit-learn's
-    ``InvalidParameterError`` alike.
-    """
-
-
-class DtypeError(InputError, TypeError):
-    """X, W, H or the fitted ``components_`` disagree on the dtype.
-
-    A ``TypeError``, as scikit-learn raises, and a :class:`dask_nmf.InputError`.
-    """
-
-
-def _is_xarray(X: Any) -> bool:
-    return hasattr(X, "dims") and hasattr(X, "data")
-
-
-def _in_memory(X: Any) -> bool:
-    """Whether X is an in-memory array (NumPy out then, as scikit-learn expects)."""
-    if _is_xarray(X):
-        X = X.data
-    return isinstance(X, np.ndarray) or (
-        not isinstance(X, (str, da.Array))
-        and not hasattr(X, "chunks")
-        and not hasattr(X, "__fspath__")
-    )
-
-
-def _sklearn_input(X: Any) -> bool:
-    """Whether scikit-learn's own helpers validate X: NumPy, lists, pandas, SciPy sparse.
-
-    Lazy inputs (paths, zarr, dask) keep the solver's one-pass validation, and
-    xarray and pydata ``sparse`` go through the solver, which keeps their labels
-    or reads their blocks.
-    """
-    return _in_memory(X) and not _is_xarray(X) and not hasattr(X, "to_scipy_sparse")
-
-
-def _sk_checked(fn: Any, *args: Any, **kw: Any) -> Any:
-    """Call a scikit-learn validation helper; its ValueErrors become InputErrors
-    (same message), as every bad input to dask_nmf does."""
-    try:
-        return fn(*args, **kw)
-    except InputError:
-        raise
-    except ValueError as exc:
-        raise InputError(str(exc)) from exc
-
-
-def _custom_factor(A: Any, shape: tuple[Any, Any], name: str) -> Any:
-    """Check a starting W or H: 2-D, of ``shape`` (None: any), non-negative, not all zeros.
-
-    In-memory factors go through scikit-learn's ``check_array`` and
-    ``check_non_negative``; a dask factor's values are checked by the solver,
-    in the same pass as its other statistics.
-    """
-    if A is None:
-        raise InputError(f"init='custom' needs both W and H; {name} is missing")
-    if not isinstance(A, da.Array):
-        A = _sk_checked(check_array, A, input_name=name)
-    elif A.ndim != 2:
-        raise InputError(f"{name} must be 2-D; got shape {A.shape}")
-    want = tuple("k" if s is None else s for s in shape)
-    for axis, which in ((0, "first"), (1, "second")):
-        if shape[axis] is not None and A.shape[axis] != shape[axis]:
-            raise InputError(
-                f"{name} has shape {tuple(A.shape)}; expected ({want[0]}, {want[1]}). "
-                f"Array with wrong {which} dimension passed to NMF (input {name}). "
-                f"Expected {shape[axis]}, but got {A.shape[axis]}."
-            )
-    if isinstance(A, np.ndarray):
-        _sk_checked(check_non_negative, A, f"NMF (input {name})")
-        if A.max() == 0:
-            raise InputError(
-                f"{name} is all zeros; multiplicative updates cannot move from zero. "
-                f"Array passed to NMF (input {name}) is full of zeros."
-            )
-    return A
-
-
-def _positive_int_or_none(value: Any, name: str) -> None:
-    if value is not None and not (is_int(value) and value >= 1):
-        raise InputError(f"{name} must be a positive integer or None; got {value!r}")
 
 
 class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -283,8 +203,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         k = self.n_components
         try:
             self._options(1 if k is None or (isinstance(k, str) and k == "auto") else k)
-            _positive_int_or_none(self.block_rows, "block_rows")
-            _positive_int_or_none(self.loss_every, "loss_every")
+            positive_int_or_none(self.block_rows, "block_rows")
+            positive_int_or_none(self.loss_every, "loss_every")
         except InputError as exc:
             return str(exc)
         return None
@@ -337,11 +257,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             When custom W or H has another dtype than X (a ``TypeError``).
         """
         self._check_parameters()
-        if _sklearn_input(X):
-            X = _sk_checked(
+        if sklearn_input(X):
+            X = sk_checked(
                 validate_data, self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32]
             )
-            _sk_checked(check_non_negative, X, "NMF (input X)")
+            sk_checked(check_non_negative, X, "NMF (input X)")
             shape, dtype = X.shape, np.dtype(X.dtype)
         else:
             Vin = driver.input_matrix(X, self.block_rows)
@@ -364,8 +284,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             k = n_features
         if custom:
             auto = isinstance(k, str)
-            H = _custom_factor(H, (None if auto else k, n_features), "H")
-            W = _custom_factor(W, (n_samples, None if auto else k), "W")
+            H = custom_factor(H, (None if auto else k, n_features), "H")
+            W = custom_factor(W, (n_samples, None if auto else k), "W")
             k = int(H.shape[0]) if auto else k
             if W.shape[1] != k:
                 raise InputError(
@@ -402,7 +322,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.reconstruction_err_ = res.reconstruction_err
         self.loss_history_ = res.loss_history
         self.result_ = res
-        return res.W.compute() if _in_memory(X) else res.W
+        return res.W.compute() if in_memory(X) else res.W
 
     def fit(self, X: Any, y: Any = None, **params: Any) -> NMF:
         """Learn the factorization of X.
@@ -447,8 +367,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             scikit-learn raises (a ``TypeError``).
         """
         check_is_fitted(self)
-        if _sklearn_input(X):
-            X = _sk_checked(
+        if sklearn_input(X):
+            X = sk_checked(
                 validate_data,
                 self,
                 X,
@@ -485,7 +405,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             shuffle=self.shuffle,
             random_state=self.random_state,
         )
-        if not _in_memory(X):
+        if not in_memory(X):
             return W
         with Runner(resolve_client(None)).blas_limits():
             return W.compute()
