@@ -54,6 +54,38 @@ def reference_loss(V, W, H, beta):
     return float((V[mask] * np.log(V[mask] / safe[mask])).sum() - V.sum() + WH.sum())
 
 
+#: Row blocks of V_small (157 rows) for tests that run passes by hand.
+BOUNDS = [(0, 50), (50, 100), (100, 157)]
+
+
+def one_pass(solver, V, W, state, with_loss=True, bounds=BOUNDS):
+    """One pass as the engine runs it, by hand: ``(W', state', report)``."""
+    from dask_nmf import kernels
+
+    steps = [solver.block_step(V[a:b], W[a:b], state, with_loss) for a, b in bounds]
+    sums = kernels.sum_partials([parts for _, parts in steps])
+    state_next = solver.next_state(state, sums)
+    return (
+        np.vstack([w for w, _ in steps]),
+        state_next,
+        solver.pass_report(state, state_next, sums, with_loss),
+    )
+
+
+def stop_processes(procs: list) -> None:
+    """SIGTERM, then SIGKILL what has not stopped within 10 s (dask scheduler/worker processes)."""
+    import signal
+
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_zarr
+from conftest import one_pass, write_zarr
 from sklearn.decomposition import NMF as SkNMF
 from sklearn.decomposition._nmf import _fit_coordinate_descent
 
@@ -31,7 +31,6 @@ CASES = {
     "l1-l2": dict(alpha_W=0.01, l1_ratio=0.5),
     "shuffle-l1-l2-H": dict(alpha_W=0.01, alpha_H=0.02, l1_ratio=0.3, shuffle=True, random_state=7),
 }
-BOUNDS = [(0, 50), (50, 100), (100, 157)]
 
 
 def quiet(fn, *args, **kw):
@@ -92,17 +91,6 @@ def test_permutations_are_those_of_a_random_state():
 
 
 # -- the interface, as the engine runs a pass --------------------------------------------------
-
-
-def one_pass(solver, V, W, state, bounds=BOUNDS):
-    steps = [solver.block_step(V[a:b], W[a:b], state, True) for a, b in bounds]
-    sums = kernels.sum_partials([parts for _, parts in steps])
-    state_next = solver.next_state(state, sums)
-    return (
-        np.vstack([w for w, _ in steps]),
-        state_next,
-        solver.pass_report(state, state_next, sums, True),
-    )
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
@@ -193,12 +181,10 @@ def test_small_and_picklable(V_small):
 # -- the driver ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("block_rows", [157, 50, 23])
-def test_numpy_matches_sklearn(V_small, start, case, block_rows):
-    est = sklearn_fit(V_small, *start, **CASES[case])
-    res = dask_nmf.factorize(
-        V_small,
+def fit_cd(V, start, case, **kw):
+    """Our cd from scikit-learn's start, with scikit-learn's tol and max_iter."""
+    return dask_nmf.factorize(
+        V,
         K,
         solver="cd",
         init="custom",
@@ -206,9 +192,16 @@ def test_numpy_matches_sklearn(V_small, start, case, block_rows):
         H_init=start[1],
         tol=TOL,
         max_iter=MAX_ITER,
-        block_rows=block_rows,
+        **kw,
         **CASES[case],
     )
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("block_rows", [157, 50, 23])
+def test_numpy_matches_sklearn(V_small, start, case, block_rows):
+    est = sklearn_fit(V_small, *start, **CASES[case])
+    res = fit_cd(V_small, start, case, block_rows=block_rows)
     check(res, est)
     # Every iteration's loss is known; unpenalized, it never rises (CD minimizes exactly).
     losses = np.array(res.loss_history)
@@ -222,19 +215,7 @@ def test_numpy_matches_sklearn(V_small, start, case, block_rows):
 def test_zarr_store_matches_sklearn(tmp_path, V_small, start, case, keep_in_memory):
     store = write_zarr(tmp_path / "V.zarr", V_small, chunks=(23, 17))
     est = sklearn_fit(V_small, *start, **CASES[case])
-    res = dask_nmf.factorize(
-        store,
-        K,
-        solver="cd",
-        init="custom",
-        W_init=start[0],
-        H_init=start[1],
-        tol=TOL,
-        max_iter=MAX_ITER,
-        block_rows=46,
-        keep_in_memory=keep_in_memory,
-        **CASES[case],
-    )
+    res = fit_cd(store, start, case, block_rows=46, keep_in_memory=keep_in_memory)
     check(res, est)
 
 
@@ -247,20 +228,14 @@ def test_cluster_matches_sklearn(tmp_path, cluster_client, V_small, start, case,
     same initial violation, scikit-learn's result."""
     store = write_zarr(tmp_path / "V.zarr", V_small, chunks=(23, 17))
     est = sklearn_fit(V_small, *start, **CASES[case])
-    res = dask_nmf.factorize(
+    res = fit_cd(
         store,
-        K,
-        solver="cd",
-        init="custom",
-        W_init=start[0],
-        H_init=start[1],
-        tol=TOL,
-        max_iter=MAX_ITER,
+        start,
+        case,
         block_rows=40,
         client=cluster_client,
         checkpoint_every=7,
         keep_in_memory=keep_in_memory,
-        **CASES[case],
     )
     res.W = cluster_client.compute(res.W).result()
     check(res, est)

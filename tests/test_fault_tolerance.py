@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import make_low_rank, write_zarr
+from conftest import make_low_rank, stop_processes, write_zarr
 from distributed import Client
 
 import dask_nmf
@@ -69,14 +69,7 @@ def real_cluster(tmp_path):
             client.wait_for_workers(2, timeout=60)
             yield client, workers
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
 
 
 @pytest.mark.parametrize("beta_loss", ["frobenius", "kullback-leibler"])

@@ -16,7 +16,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from conftest import make_low_rank, write_zarr
+from conftest import make_low_rank, stop_processes, write_zarr
 from distributed import Client, LocalCluster
 
 import dask_nmf
@@ -25,17 +25,6 @@ from dask_nmf import ClusterError
 SCHEDULER = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
 WORKER = [sys.executable, "-m", "distributed.cli.dask_worker"]
 GRACE = "1s"  # dask-nmf.no-worker-timeout in these tests
-
-
-def _stop(procs: list) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 @pytest.fixture
@@ -62,7 +51,7 @@ def scheduler_with_a_worker(tmp_path):
             client.wait_for_workers(1, timeout=60)
             yield client, scheduler, worker
     finally:
-        _stop([worker, scheduler])
+        stop_processes([worker, scheduler])
 
 
 @pytest.fixture

@@ -83,6 +83,23 @@ def delete_some_chunks(path: str, rows_of_chunks: list[int]) -> None:
         shutil.rmtree(Path(path) / "c" / str(row))
 
 
+def refit_store(path: str, beta_loss: str, callback, **kw):
+    """A fit that re-reads V from ``path`` every pass, with ``callback`` changing it."""
+    return dask_nmf.factorize(
+        path,
+        3,
+        beta_loss=beta_loss,
+        init="random",
+        random_state=0,
+        max_iter=40,
+        tol=0,
+        block_rows=40,
+        keep_in_memory=False,
+        callback=callback,
+        **kw,
+    )
+
+
 @pytest.mark.parametrize("beta_loss", COSTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_chunks_deleted_mid_fit_stop_it(tmp_path, rng, beta_loss, dtype):
@@ -98,18 +115,7 @@ def test_chunks_deleted_mid_fit_stop_it(tmp_path, rng, beta_loss, dtype):
             delete_some_chunks(path, [0, 1, 2])
 
     with pytest.raises(FitError, match="iteration") as err:
-        dask_nmf.factorize(
-            path,
-            3,
-            beta_loss=beta_loss,
-            init="random",
-            random_state=0,
-            max_iter=40,
-            tol=0,
-            block_rows=40,
-            keep_in_memory=False,
-            callback=callback,
-        )
+        refit_store(path, beta_loss, callback)
     assert "V changed" in str(err.value)
     assert max(seen) < 40
 
@@ -124,19 +130,7 @@ def test_chunk_overwritten_with_nan_mid_fit(tmp_path, rng, beta_loss):
             zarr.open_array(path, mode="r+")[20:40] = np.nan
 
     with pytest.raises(FitError, match="NaN|nan"):
-        dask_nmf.factorize(
-            path,
-            3,
-            beta_loss=beta_loss,
-            init="random",
-            random_state=0,
-            max_iter=40,
-            tol=0,
-            block_rows=40,
-            keep_in_memory=False,
-            callback=callback,
-            loss_every=1,
-        )
+        refit_store(path, beta_loss, callback, loss_every=1)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import make_low_rank, reference_loss, reference_mu
+from conftest import BOUNDS, make_low_rank, one_pass, reference_loss, reference_mu
 
 from dask_nmf import kernels
 from dask_nmf.io import InputError
@@ -26,24 +26,11 @@ from dask_nmf.solvers import (
 
 BETAS = [2, 1]
 REGS = [Regularization(), Regularization(0.3, 0.2, 0.1, 0.4)]
-BOUNDS = [(0, 50), (50, 100), (100, 157)]
 
 
 def make(beta, V, reg=None, dtype=np.float64) -> Solver:
     stats = kernels.block_stats(V)
     return solver_class(beta)(reg or Regularization(), stats["sumsq"], stats["sum"], dtype)
-
-
-def one_pass(solver, V, W, state, with_loss=True, bounds=BOUNDS):
-    """One pass as the engine runs it: (W', state', report)."""
-    steps = [solver.block_step(V[a:b], W[a:b], state, with_loss) for a, b in bounds]
-    sums = kernels.sum_partials([parts for _, parts in steps])
-    state_next = solver.next_state(state, sums)
-    return (
-        np.vstack([w for w, _ in steps]),
-        state_next,
-        solver.pass_report(state, state_next, sums, with_loss),
-    )
 
 
 def test_registry():

@@ -97,18 +97,12 @@ class FrobeniusMU(Solver):
         """Up to ``floor(1 + α ρ_H)`` H updates from the same ``A`` and ``B``."""
         k, n = H.shape
         rho = 1.0 + (sums["nnz"] + sums["rows"] * k) / (n * (k + 1))
-        first = None
-        for _ in range(inner_updates(rho, ACCEL_ALPHA)):
-            H_new = kernels.frobenius_h_update(
-                H, sums["A"], sums["B"], self.reg.l1_H, self.reg.l2_H
-            )
-            moved = float(np.linalg.norm(H_new - H))
-            H = H_new
-            if first is None:
-                first = moved
-            elif moved < ACCEL_DELTA * first:
-                break
-        return H
+        reg = self.reg
+
+        def step(H: np.ndarray) -> np.ndarray:
+            return kernels.frobenius_h_update(H, sums["A"], sums["B"], reg.l1_H, reg.l2_H)
+
+        return repeat_until_settled(step, H, inner_updates(rho, ACCEL_ALPHA), ACCEL_DELTA)
 
     def pass_report(self, state: tuple, state_next: tuple, sums: dict, with_loss: bool):
         H, H_next = state[0], state_next[0]
@@ -156,6 +150,22 @@ def _expansion_loss(norm_v2: float, A: np.ndarray, B: np.ndarray, H, HHt) -> flo
     return 0.5 * sq if not sq < 0 else 0.0
 
 
+def repeat_until_settled(step, X: np.ndarray, limit: int, delta: float) -> np.ndarray:
+    """Apply ``step`` to X up to ``limit`` times, stopping once a step moves X by
+    less than ``delta`` times the first step did (Gillis & Glineur's inner rule).
+    Each step is a full MU step, so the cost never rises along the way."""
+    first = None
+    for _ in range(limit):
+        X_new = step(X)
+        moved = float(np.linalg.norm(X_new - X))
+        X = X_new
+        if first is None:
+            first = moved
+        elif moved < delta * first:
+            break
+    return X
+
+
 def inner_updates(rho: float, alpha: float) -> int:
     """Gillis & Glineur's bound on the updates from one set of fixed terms."""
     return max(1, int(math.floor(1.0 + alpha * rho)))
@@ -193,15 +203,11 @@ def accelerated_block_step(
         if residual:  # while Vs is in cache
             r0 += kernels._residual_sumsq(Vs, Ws, H)
         VHt = Vs @ H.T
-        first = None
-        for _ in range(limit):
-            Wn = kernels.frobenius_w_update(Vs, Ws, H, HHt, l1, l2, VHt=VHt)
-            moved = float(np.linalg.norm(Wn - Ws))
-            Ws = Wn
-            if first is None:
-                first = moved
-            elif moved < delta * first:
-                break
+
+        def step(W: np.ndarray, Vs=Vs, VHt=VHt) -> np.ndarray:
+            return kernels.frobenius_w_update(Vs, W, H, HHt, l1, l2, VHt=VHt)
+
+        Ws = repeat_until_settled(step, Ws, limit, delta)
         W_new[rows] = Ws
         A += Ws.T @ Vs
         B += Ws.T @ Ws
