@@ -104,28 +104,15 @@ def test_passes_are_sklearn_iterations(V_small, start, shuffle):
     solver = CoordinateDescent(
         reg, stats["sumsq"], stats["sum"], V_small.dtype, tol=TOL, shuffle=shuffle, random_state=5
     )
-    _, _, n_sk = _fit_coordinate_descent(
-        V_small,
-        W.copy(),
-        H.copy(),
-        TOL,
-        MAX_ITER,
-        0.3,
-        0.1,
-        0.2,
-        0.4,
-        shuffle=shuffle,
-        random_state=5,
-    )
-    assert 5 < n_sk < MAX_ITER
-    state = solver.start(H, loss_unknown=True)
-    for n in range(1, n_sk + 1):
-        W_ref, H_ref, _ = _fit_coordinate_descent(
+
+    def sklearn_cd(tol, max_iter):
+        # scikit-learn's loop from the same start, with these penalties (l1/l2 of W, of H)
+        return _fit_coordinate_descent(
             V_small,
             start[0].copy(),
             start[1].copy(),
-            0.0,
-            n,
+            tol,
+            max_iter,
             0.3,
             0.1,
             0.2,
@@ -133,6 +120,12 @@ def test_passes_are_sklearn_iterations(V_small, start, shuffle):
             shuffle=shuffle,
             random_state=5,
         )
+
+    _, _, n_sk = sklearn_cd(TOL, MAX_ITER)
+    assert 5 < n_sk < MAX_ITER
+    state = solver.start(H, loss_unknown=True)
+    for n in range(1, n_sk + 1):
+        W_ref, H_ref, _ = sklearn_cd(0.0, n)
         W, state, report = one_pass(solver, V_small, W, state)
         assert report.problem is None and report.done == (n == n_sk)
         if n in (1, 2, n_sk):

@@ -158,15 +158,24 @@ def _lazy_V(rows: int, cols: int) -> da.Array:
     return da.ones((rows, cols), chunks=(rows, cols))
 
 
-@pytest.mark.timeout(60)
-def test_a_block_larger_than_any_worker_is_refused_up_front(small_worker):
-    V = _lazy_V(25_000, 2_500)  # 500 MB in one block
-    t0 = time.perf_counter()
+def fit_one_block(client, rows: int):
+    """A fit of a lazy V of ``rows`` x 2500 ones in one block; its ClusterError's message."""
     with pytest.raises(ClusterError) as info:
         dask_nmf.factorize(
-            V, 4, client=small_worker, block_rows=25_000, keep_in_memory=False, init="random"
+            _lazy_V(rows, 2_500),
+            4,
+            client=client,
+            block_rows=rows,
+            keep_in_memory=False,
+            init="random",
         )
-    message = str(info.value)
+    return str(info.value)
+
+
+@pytest.mark.timeout(60)
+def test_a_block_larger_than_any_worker_is_refused_up_front(small_worker):
+    t0 = time.perf_counter()
+    message = fit_one_block(small_worker, 25_000)  # 500 MB in one block
     assert "500000000 bytes" in message and "memory limit" in message, message
     assert "--block-rows" in message and "--memory-limit" in message
     assert time.perf_counter() - t0 < 5
@@ -174,13 +183,9 @@ def test_a_block_larger_than_any_worker_is_refused_up_front(small_worker):
 
 @pytest.mark.timeout(90)
 def test_workers_killed_for_memory_is_an_error_naming_memory_and_block_size(small_worker):
-    V = _lazy_V(15_000, 2_500)  # 300 MB in one block: below the limit, but not with a worker
     t0 = time.perf_counter()
-    with pytest.raises(ClusterError) as info:
-        dask_nmf.factorize(
-            V, 4, client=small_worker, block_rows=15_000, keep_in_memory=False, init="random"
-        )
-    message = str(info.value)
+    # 300 MB in one block: below the limit, but not with a worker around it
+    message = fit_one_block(small_worker, 15_000)
     assert "memory" in message and "300000000 bytes" in message, message
     assert "died" in message and "--block-rows" in message
     assert time.perf_counter() - t0 < 60
