@@ -22,9 +22,9 @@ store makes the passes of its randomized SVD (the same for every solver).
    (``tol=1e-4``, ``max_iter=200``, the same stopping rule).
 4. ``outofcore``: a float32 store larger than a 2-worker LocalCluster's memory,
    ``init="nndsvda"`` (ours, out of core), MU for ``--oc-mu-passes`` passes (the
-   target is its final error; default 50), accelerated MU and cd until they reach it.
+   target is its final error; default 200), accelerated MU and cd until they reach it.
    (With 384 MiB workers the 150000 x 2000 store stalled: a worker of a Python
-   with scikit-learn, pydata sparse and numba loaded idles at ~190-260 MiB and
+   with scikit-learn, pydata sparse and numba loaded idles at ~190 MiB and
    pauses at 80 % of its limit; hence 512 MiB.)
 
 Writes ``results/time_to_solution[_quick].json`` and two PNGs (error against
@@ -379,12 +379,11 @@ def main(argv=None) -> None:
     p.add_argument("--oc-n", type=int, default=2000)
     p.add_argument("--oc-memory", default="512MiB", help="memory limit of each of the 2 workers")
     p.add_argument("--oc-block-rows", type=int, default=2500,
-                   help="rows per block out of core (a worker of this Python idles at ~190-260 MiB: "
+                   help="rows per block out of core (a worker of this Python idles at ~190 MiB: "
                         "the default 1/8 of its limit would pause it)")
-    p.add_argument("--oc-mu-passes", type=int, default=50,
-                   help="MU's passes out of core, whose final error is the target (200 takes ~4 min more "
-                        "on 2 cores)")
-    p.add_argument("--oc-cap", type=int, default=50, help="most passes of accelerated MU and cd out of core")
+    p.add_argument("--oc-mu-passes", type=int, default=200,
+                   help="MU's passes out of core, whose final error is the target (~1 s each on 2 cores)")
+    p.add_argument("--oc-cap", type=int, default=200, help="most passes of accelerated MU and cd out of core")
     p.add_argument("--data-dir")
     p.add_argument("--out", default=str(common.RESULTS))
     p.add_argument("--replot", action="store_true", help="only redraw the PNGs from the JSON in --out")
