@@ -2,7 +2,7 @@
 
     python benchmarks/bench_time_to_solution.py [--quick] [--part memory --part zarr --part beta --part outofcore]
 
-Supersedes ``bench_solvers.py`` and ``bench_beta_accel.py`` (same matrices, one run).
+Replaces the first ``bench_solvers.py`` and supersedes ``bench_beta_accel.py`` (same matrices, one run).
 Every method starts from the same NNDSVDa factors; their time is added to every
 row ("init included").  Our fits are traced with ``callback``: the wall time at
 which each iteration's error is known, from the call of ``factorize``.  A
@@ -64,13 +64,13 @@ OURS = {"MU": dict(solver="mu"), "MU accelerated": dict(solver="mu", accelerate=
 
 
 def planted(m: int, n: int, k: int, seed: int = 0) -> np.ndarray:
-    """Planted rank-k matrix plus uniform noise (as in ``bench_solvers.py``)."""
+    """Planted rank-k matrix plus uniform noise."""
     rng = np.random.default_rng(seed)
     return rng.random((m, k)) @ rng.random((k, n)) + 0.1 * rng.random((m, n))
 
 
 def poisson(m: int, n: int, k: int, seed: int = 0) -> np.ndarray:
-    """Poisson counts (mean 2) around a rank-k gamma product (as in ``bench_solvers.py``)."""
+    """Poisson counts (mean 2) around a rank-k gamma product."""
     rng = np.random.default_rng(seed)
     rate = rng.gamma(0.5, 1.0, (m, k)) @ rng.gamma(0.5, 1.0, (k, n))
     return rng.poisson(rate * (2.0 / rate.mean())).astype(np.float64)

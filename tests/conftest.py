@@ -72,6 +72,14 @@ def one_pass(solver, V, W, state, with_loss=True, bounds=BOUNDS):
     )
 
 
+def fit_from(V, start, beta_loss, **kw):
+    """``dask_nmf.factorize`` of V from the given ``(W0, H0)``."""
+    import dask_nmf
+
+    W0, H0 = start
+    return dask_nmf.factorize(V, H0.shape[0], beta_loss=beta_loss, W_init=W0, H_init=H0, **kw)
+
+
 def stop_processes(procs: list) -> None:
     """SIGTERM, then SIGKILL what has not stopped within 10 s (dask scheduler/worker processes)."""
     import signal

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from click.testing import CliRunner
-from conftest import make_low_rank, write_zarr
+from conftest import fit_from, make_low_rank, write_zarr
 from sklearn.decomposition import NMF as SkNMF
 from sklearn.decomposition._nmf import _beta_divergence
 
@@ -210,20 +210,9 @@ def test_zarr_store_on_a_cluster(rng, tmp_path, cluster_client):
     V = positive(rng)
     store = write_zarr(tmp_path / "V.zarr", V, chunks=(23, 17))
     W0, H0 = rng.random((157, 4)) + 0.1, rng.random((4, 41)) + 0.1
+    re_read = dict(block_rows=40, keep_in_memory=False, client=cluster_client)
     for beta in (0, 1.5):
-        res = dask_nmf.factorize(
-            store,
-            4,
-            beta_loss=beta,
-            W_init=W0,
-            H_init=H0,
-            max_iter=20,
-            tol=0,
-            loss_every=1,
-            block_rows=40,
-            client=cluster_client,
-            keep_in_memory=False,
-        )
+        res = fit_from(store, (W0, H0), beta, max_iter=20, tol=0, loss_every=1, **re_read)
         W_sk, H_sk = sklearn_fit(V, W0, H0, beta, 20)
         assert_rel(res.H, H_sk)
         assert_rel(cluster_client.compute(res.W, sync=True), W_sk)

@@ -76,6 +76,16 @@ def test_a_scheduler_with_no_workers_is_an_error_within_the_timeout(V_path):
         assert time.perf_counter() - t0 < 10
 
 
+def checkpointed_fit_error(V_path, client, callback, out) -> str:
+    """The ClusterError's message of a fit checkpointed every 5 iterations that
+    ``callback`` breaks the cluster of."""
+    with pytest.raises(ClusterError) as info:
+        dask_nmf.factorize(
+            V_path, 4, client=client, callback=callback, checkpoint=out, checkpoint_every=5, **FIT
+        )
+    return str(info.value)
+
+
 @pytest.mark.timeout(90)
 def test_all_workers_lost_mid_fit_is_an_error_and_the_checkpoint_loads(
     scheduler_with_a_worker, V_path, tmp_path
@@ -89,18 +99,8 @@ def test_all_workers_lost_mid_fit_is_an_error_and_the_checkpoint_loads(
 
     with dask.config.set({"dask-nmf.no-worker-timeout": GRACE}):
         t0 = time.perf_counter()
-        with pytest.raises(ClusterError) as info:
-            dask_nmf.factorize(
-                V_path,
-                4,
-                client=client,
-                callback=kill_the_worker,
-                checkpoint=out,
-                checkpoint_every=5,
-                **FIT,
-            )
+        message = checkpointed_fit_error(V_path, client, kill_the_worker, out)
         elapsed = time.perf_counter() - t0
-    message = str(info.value)
     assert "no workers" in message and "--resume" in message and out in message, message
     assert elapsed < 30
     ck = dask_nmf.load(out)
@@ -119,17 +119,7 @@ def test_a_lost_scheduler_mid_fit_is_an_error_naming_it(scheduler_with_a_worker,
             scheduler.send_signal(signal.SIGKILL)
 
     t0 = time.perf_counter()
-    with pytest.raises(ClusterError) as info:
-        dask_nmf.factorize(
-            V_path,
-            4,
-            client=client,
-            callback=kill_the_scheduler,
-            checkpoint=out,
-            checkpoint_every=5,
-            **FIT,
-        )
-    message = str(info.value)
+    message = checkpointed_fit_error(V_path, client, kill_the_scheduler, out)
     assert "lost the connection to the dask scheduler" in message and address in message
     assert "iteration 5" in message and "--resume" in message, message
     assert time.perf_counter() - t0 < 30

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from conftest import make_low_rank, reference_loss, reference_mu, write_zarr
+from conftest import fit_from, make_low_rank, reference_loss, reference_mu, write_zarr
 
 import dask_nmf
 from dask_nmf.cli import cli
@@ -191,18 +191,8 @@ def test_non_finite_options_are_refused(V_small, option):
 def test_regularized_cost_is_what_never_rises(V_small, start, beta_loss):
     """With penalties the data term alone may rise; the regularized cost may not,
     and a healthy regularized fit is not stopped."""
-    W0, H0 = start
-    res = dask_nmf.factorize(
-        V_small,
-        4,
-        beta_loss=beta_loss,
-        W_init=W0,
-        H_init=H0,
-        max_iter=60,
-        tol=0,
-        alpha_W=0.05,
-        l1_ratio=0.5,
-        loss_every=1,
+    res = fit_from(
+        V_small, start, beta_loss, max_iter=60, tol=0, alpha_W=0.05, l1_ratio=0.5, loss_every=1
     )
     assert res.n_iter == 60 and np.all(np.isfinite(res.loss_history))
 
