@@ -46,10 +46,9 @@ from .io import (
     open_input,
 )
 from .loop import CostWatch, Iterate, IterationLoop
-from .options import FitOptions, check_params, regularization
+from .options import FitOptions
 from .passes import PassBuilder, as_delayed, input_stats
 from .persistence import NMFResult
-from .solvers import Regularization, solver_class
 
 
 def factorize(
@@ -482,10 +481,21 @@ def transform(
     dask.array.Array
         Lazy, m x k, chunked by V's row blocks.
     """
-    algorithm = solver_class(beta_loss, solver)
     H = np.asarray(H)
     k, n = H.shape
-    check_params(k, max_iter, tol, alpha_W, 0.0, l1_ratio)
+    # The fit's options, checked as a fit's are (H is fixed: no penalty on it).
+    options = FitOptions(
+        k,
+        beta_loss=beta_loss,
+        solver=solver,
+        max_iter=max_iter,
+        tol=tol,
+        random_state=random_state,
+        alpha_W=alpha_W,
+        alpha_H=0.0,
+        l1_ratio=l1_ratio,
+        shuffle=shuffle,
+    )
     runner = Runner(resolve_client(client))
     Vin = open_input(
         V,
@@ -500,17 +510,8 @@ def transform(
     sources = runner.place(block_sources(Vin))
     stats = input_stats(runner, sources)
     check_stats(stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
-    algorithm.check_stats(stats)
-    reg = regularization(Vin.shape, alpha_W, 0.0, l1_ratio)
-    solver = algorithm(
-        Regularization(*reg),
-        stats["sumsq"],
-        stats["sum"],
-        H.dtype,
-        tol=tol,
-        shuffle=shuffle,
-        random_state=random_state,
-    )
+    options.algorithm.check_stats(stats)
+    solver = options.solver_for(Vin.shape, stats, H.dtype)
     w_start = float(np.sqrt(stats["sum"] / (Vin.shape[0] * n) / k))
     Hd = dask.delayed(H, name=f"nmf-H-{uuid.uuid4().hex}")
     blocks = [
