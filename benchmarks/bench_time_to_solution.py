@@ -13,7 +13,7 @@ store makes the passes of its randomized SVD (the same for every solver).
 1. ``memory``: (a) an 8000 x 500 planted rank-20 matrix plus noise, (b) Poisson
    counts around a rank-20 matrix, k = 20, dask's local scheduler.  Targets:
    scikit-learn ``NMF(solver="cd")``'s error at its default ``tol`` and our MU's
-   error after 200 passes.  Ours: MU, accelerated MU, cd; scikit-learn: cd
+   error after 200 passes.  Ours: MU, accelerated MU, cd, accelerated cd; scikit-learn: cd
    and mu (whose iterates ours reproduce, so their iteration counts are ours and
    their runs are timed with exactly that ``max_iter``).
 2. ``zarr``: the same from a zarr store re-read every pass (``keep_in_memory=False``).
@@ -22,7 +22,7 @@ store makes the passes of its randomized SVD (the same for every solver).
    (``tol=1e-4``, ``max_iter=200``, the same stopping rule).
 4. ``outofcore``: a float32 store larger than a 2-worker LocalCluster's memory,
    ``init="nndsvda"`` (ours, out of core), MU for ``--oc-mu-passes`` passes (the
-   target is its final error; default 200), accelerated MU and cd until they reach it.
+   target is its final error; default 200), accelerated MU, cd and accelerated cd until they reach it.
    (With 384 MiB workers the 150000 x 2000 store stalled: a worker of a Python
    with scikit-learn, pydata sparse and numba loaded idles at ~190 MiB and
    pauses at 80 % of its limit; hence 512 MiB.)
@@ -60,7 +60,12 @@ import dask_nmf  # noqa: E402
 # (scikit-learn is imported where it is used: the LocalCluster's workers import
 # this module as their __main__, and a worker of 320 MiB has no room for it.)
 
-OURS = {"MU": dict(solver="mu"), "MU accelerated": dict(solver="mu", accelerate=True), "cd": dict(solver="cd")}
+OURS = {
+    "MU": dict(solver="mu"),
+    "MU accelerated": dict(solver="mu", accelerate=True),
+    "cd": dict(solver="cd"),
+    "cd accelerated": dict(solver="cd", accelerate=True),
+}
 
 
 def planted(m: int, n: int, k: int, seed: int = 0) -> np.ndarray:
@@ -160,7 +165,7 @@ def memory_case(name: str, V: np.ndarray, k: int, cap: int, mu_ref: int, log) ->
     traces = {"MU": trace(V, k, init="custom", W_init=W0, H_init=H0, max_iter=cap, solver="mu")}
     targets[f"MU @ {mu_ref} passes"] = error_at(traces["MU"], mu_ref)
     low = min(targets.values())
-    for meth in ("MU accelerated", "cd"):
+    for meth in ("MU accelerated", "cd", "cd accelerated"):
         traces[meth] = trace(V, k, stop_below=low, init="custom", W_init=W0, H_init=H0, max_iter=cap,
                              **OURS[meth])
     rows = []
@@ -275,7 +280,7 @@ def outofcore_case(args, k: int, log) -> dict:
     traces, peaks, target = {}, {}, None
     kw = dict(init="nndsvda", random_state=0, keep_in_memory=False, block_rows=args.oc_block_rows)
     with local_cluster(2, 1, memory_limit=args.oc_memory) as cluster, Client(cluster) as client:
-        for meth in ("MU", "MU accelerated", "cd"):
+        for meth in ("MU", "MU accelerated", "cd", "cd accelerated"):
             cap = args.oc_mu_passes if meth == "MU" else args.oc_cap
             with RSSSampler(client, interval=0.5) as rss:
                 traces[meth] = trace(str(path), k, stop_below=target, max_iter=cap, client=client,
@@ -313,7 +318,7 @@ def plots(panels: list[tuple[str, dict, dict, dict]], out_dir: Path) -> list[Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"MU": "C0", "MU accelerated": "C1", "cd": "C2"}
+    colors = {"MU": "C0", "MU accelerated": "C1", "cd": "C2", "cd accelerated": "C3"}
     paths = []
     for xkey, xlabel, fname in (("iter", "passes over V (iterations)", "time_to_solution_passes.png"),
                                 ("seconds", "wall time (s, init included)", "time_to_solution_time.png")):

@@ -83,7 +83,7 @@ def cli() -> None:
 @click.option(
     "--accelerate",
     is_flag=True,
-    help="Frobenius: accelerated MU (several W and H updates per pass over INPUT).",
+    help="Frobenius, mu or cd: accelerated updates (several W and H updates per pass over INPUT).",
 )
 @click.option(
     "--init", type=click.Choice(["random", "nndsvd", "nndsvda", "nndsvdar"]), default=None

@@ -173,9 +173,10 @@ def factorize(
         For solvers that update coordinates in turn: randomize their order
         (seeded by ``random_state``).
     accelerate : bool
-        Frobenius MU: Gillis & Glineur's accelerated MU, several W updates per
-        block while V's block is in memory and several H updates per pass
-        from the same sums (each is an MU step: the cost never increases).
+        Frobenius MU and cd: Gillis & Glineur's accelerated MU / HALS, several
+        W updates per block while V's block is in memory and several H updates
+        per pass from the same sums (each is a step of the same solver: the
+        cost never increases).
         Off by default (the default follows scikit-learn step for step).
 
     Returns

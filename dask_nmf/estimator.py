@@ -94,8 +94,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     shuffle : bool, default=False
         For solvers that update coordinates in turn: randomize their order.
     accelerate : bool, default=False
-        Frobenius MU: Gillis & Glineur's accelerated MU (several W and H updates
-        per pass over X); see :func:`dask_nmf.factorize`.
+        Frobenius MU and cd: Gillis & Glineur's accelerated MU / HALS (several W
+        and H updates per pass over X); see :func:`dask_nmf.factorize`.
 
     Attributes
     ----------
