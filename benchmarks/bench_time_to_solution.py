@@ -13,7 +13,7 @@ store makes the passes of its randomized SVD (the same for every solver).
 1. ``memory``: (a) an 8000 x 500 planted rank-20 matrix plus noise, (b) Poisson
    counts around a rank-20 matrix, k = 20, dask's local scheduler.  Targets:
    scikit-learn ``NMF(solver="cd")``'s error at its default ``tol`` and our MU's
-   error after 200 passes.  Ours: MU, accelerated MU, cd, accelerated cd; scikit-learn: cd
+   error after 200 passes.  Ours: MU, accelerated MU, cd, accelerated cd, ANLS; scikit-learn: cd
    and mu (whose iterates ours reproduce, so their iteration counts are ours and
    their runs are timed with exactly that ``max_iter``).
 2. ``zarr``: the same from a zarr store re-read every pass (``keep_in_memory=False``).
@@ -65,6 +65,7 @@ OURS = {
     "MU accelerated": dict(solver="mu", accelerate=True),
     "cd": dict(solver="cd"),
     "cd accelerated": dict(solver="cd", accelerate=True),
+    "ANLS": dict(solver="anls"),
 }
 
 
@@ -165,7 +166,7 @@ def memory_case(name: str, V: np.ndarray, k: int, cap: int, mu_ref: int, log) ->
     traces = {"MU": trace(V, k, init="custom", W_init=W0, H_init=H0, max_iter=cap, solver="mu")}
     targets[f"MU @ {mu_ref} passes"] = error_at(traces["MU"], mu_ref)
     low = min(targets.values())
-    for meth in ("MU accelerated", "cd", "cd accelerated"):
+    for meth in ("MU accelerated", "cd", "cd accelerated", "ANLS"):
         traces[meth] = trace(V, k, stop_below=low, init="custom", W_init=W0, H_init=H0, max_iter=cap,
                              **OURS[meth])
     rows = []
@@ -280,7 +281,7 @@ def outofcore_case(args, k: int, log) -> dict:
     traces, peaks, target = {}, {}, None
     kw = dict(init="nndsvda", random_state=0, keep_in_memory=False, block_rows=args.oc_block_rows)
     with local_cluster(2, 1, memory_limit=args.oc_memory) as cluster, Client(cluster) as client:
-        for meth in ("MU", "MU accelerated", "cd", "cd accelerated"):
+        for meth in ("MU", "MU accelerated", "cd", "cd accelerated", "ANLS"):
             cap = args.oc_mu_passes if meth == "MU" else args.oc_cap
             with RSSSampler(client, interval=0.5) as rss:
                 traces[meth] = trace(str(path), k, stop_below=target, max_iter=cap, client=client,
@@ -318,7 +319,7 @@ def plots(panels: list[tuple[str, dict, dict, dict]], out_dir: Path) -> list[Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"MU": "C0", "MU accelerated": "C1", "cd": "C2", "cd accelerated": "C3"}
+    colors = {"MU": "C0", "MU accelerated": "C1", "cd": "C2", "cd accelerated": "C3", "ANLS": "C4"}
     paths = []
     for xkey, xlabel, fname in (("iter", "passes over V (iterations)", "time_to_solution_passes.png"),
                                 ("seconds", "wall time (s, init included)", "time_to_solution_time.png")):

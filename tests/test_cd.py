@@ -385,7 +385,9 @@ def reference_accelerated_hals(V, W, H, n_iter, l1=(0.0, 0.0), l2=(0.0, 0.0)):
 
     for _ in range(n_iter):
         gram = H @ H.T + l2[0] * np.eye(k)
-        Wt = inner(W.T.copy(), gram, (V @ H.T).T - l1[0], limit(1 + (m * n + n * k) / (m * (k + 1))))
+        Wt = inner(
+            W.T.copy(), gram, (V @ H.T).T - l1[0], limit(1 + (m * n + n * k) / (m * (k + 1)))
+        )
         W = Wt.T.copy()
         gram = W.T @ W + l2[1] * np.eye(k)
         H = inner(H, gram, W.T @ V - l1[1], limit(1 + (m * n + m * k) / (n * (k + 1))))
@@ -401,8 +403,17 @@ def test_accelerated_cd_is_the_reference_and_never_increases_the_cost(V_small, s
     W0, H0 = start
     m, n = V_small.shape
     res = dask_nmf.factorize(
-        V_small, K, solver="cd", accelerate=True, init="custom", W_init=W0, H_init=H0,
-        max_iter=15, tol=0, block_rows=m, **reg,
+        V_small,
+        K,
+        solver="cd",
+        accelerate=True,
+        init="custom",
+        W_init=W0,
+        H_init=H0,
+        max_iter=15,
+        tol=0,
+        block_rows=m,
+        **reg,
     )
     alpha_W = reg.get("alpha_W", 0.0)
     alpha_H = reg.get("alpha_H", alpha_W)
@@ -420,8 +431,10 @@ def test_accelerated_cd_is_the_reference_and_never_increases_the_cost(V_small, s
         W, H = reference_accelerated_hals(V_small, W0, H0, t, l1, l2)
         costs.append(
             0.5 * np.linalg.norm(V_small - W @ H) ** 2
-            + l1[0] * W.sum() + 0.5 * l2[0] * (W**2).sum()
-            + l1[1] * H.sum() + 0.5 * l2[1] * (H**2).sum()
+            + l1[0] * W.sum()
+            + 0.5 * l2[0] * (W**2).sum()
+            + l1[1] * H.sum()
+            + 0.5 * l2[1] * (H**2).sum()
         )
     assert all(b <= a * (1 + 1e-12) for a, b in zip(costs, costs[1:]))
     losses = res.loss_history
@@ -446,8 +459,16 @@ def test_accelerated_cd_on_blocks_shuffled_and_stopping(V_small, start):
     the threads the blocks ran on (same seed, same answer)."""
     W0, H0 = start
     kw = dict(
-        solver="cd", accelerate=True, init="custom", W_init=W0, H_init=H0, shuffle=True,
-        random_state=5, tol=TOL, max_iter=MAX_ITER, block_rows=40,
+        solver="cd",
+        accelerate=True,
+        init="custom",
+        W_init=W0,
+        H_init=H0,
+        shuffle=True,
+        random_state=5,
+        tol=TOL,
+        max_iter=MAX_ITER,
+        block_rows=40,
     )
     a = dask_nmf.factorize(V_small, K, **kw)
     b = dask_nmf.factorize(V_small, K, **kw)

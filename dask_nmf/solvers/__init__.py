@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .anls import AlternatingNNLS
 from .base import PassReport, Regularization, Solver
 from .cd import CoordinateDescent
 from .mu_beta import BetaDivergenceMU
@@ -28,12 +29,14 @@ SOLVERS: dict[tuple[str, float | None], type[Solver]] = {
     (KullbackLeiblerMU.name, KullbackLeiblerMU.beta): KullbackLeiblerMU,
     (BetaDivergenceMU.name, ANY_BETA): BetaDivergenceMU,
     (CoordinateDescent.name, CoordinateDescent.beta): CoordinateDescent,
+    (AlternatingNNLS.name, AlternatingNNLS.beta): AlternatingNNLS,
 }
 #: Accepted spellings of the costs, mapped to the beta of the beta-divergence.
 BETA_LOSSES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 
 __all__ = [
     "ANY_BETA",
+    "AlternatingNNLS",
     "BETA_LOSSES",
     "SOLVERS",
     "BetaDivergenceMU",
