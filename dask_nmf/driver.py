@@ -482,11 +482,13 @@ def transform(
     array: str | None = None,
     shuffle: bool = False,
     random_state: Any = None,
+    missing: Any = None,
 ) -> da.Array:
     """W for the rows of V with H fixed: the solver on W alone, each row block on its own.
 
     ``shuffle`` and ``random_state``: for solvers that update coordinates in
-    turn (as in :func:`factorize`).
+    turn (as in :func:`factorize`).  ``missing`` as in :func:`factorize`: each
+    row's W then fits its observed entries only.
 
     No reduction runs between the blocks (apart from the one validation pass
     that also gives the mean of V, from which W starts, as in scikit-learn).
@@ -510,7 +512,9 @@ def transform(
         alpha_H=0.0,
         l1_ratio=l1_ratio,
         shuffle=shuffle,
+        missing=split_missing(missing)[0],
     )
+    V = masked_input(V, options.missing, split_missing(missing)[1], storage_options)
     runner = Runner(resolve_client(client))
     Vin = open_input(
         V,
@@ -522,12 +526,13 @@ def transform(
     )
     if Vin.shape[1] != n:
         raise InputError(f"V has {Vin.shape[1]} columns but the model has {n} features")
+    check_missing_input(Vin, options.missing)
     sources = runner.place(block_sources(Vin))
-    stats = input_stats(runner, sources)
+    stats = input_stats(runner, sources, stats=stats_function(options.missing))
     check_stats(stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
     options.algorithm.check_stats(stats)
     solver = options.solver_for(Vin.shape, stats, H.dtype)
-    w_start = float(np.sqrt(stats["sum"] / (Vin.shape[0] * n) / k))
+    w_start = float(np.sqrt(stats["sum"] / stats.get("observed", Vin.shape[0] * n) / k))
     Hd = dask.delayed(H, name=f"nmf-H-{uuid.uuid4().hex}")
     blocks = [
         da.from_delayed(

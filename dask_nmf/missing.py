@@ -107,7 +107,9 @@ def apply_mask(V: Any, mask: Any, storage_options: dict | None = None) -> Any:
         if isinstance(X, (str, os.PathLike)):
             X = open_zarr_array(X, None, storage_options)
         if hasattr(X, "dims") or hasattr(X, "data_vars"):
-            raise InputError(f"{name}: a mask with xarray input is not supported; use V.where(mask)")
+            raise InputError(
+                f"{name}: a mask with xarray input is not supported; use V.where(mask)"
+            )
         return X
 
     V, mask = as_array(V, "V"), as_array(mask, "missing")
