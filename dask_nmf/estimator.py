@@ -229,9 +229,23 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if ours or theirs:
             raise ParameterError(" ".join(m.rstrip(".") + "." for m in (ours, theirs) if m))
 
-    def _finiteness(self) -> dict:
-        """scikit-learn's finiteness check: NaN allowed where they are the missing entries."""
-        return {} if self.missing is None else {"ensure_all_finite": "allow-nan"}
+    def _validated(self, X: Any, **kw: Any) -> Any:
+        """X through scikit-learn's ``validate_data``; NaN allowed where they are
+        the missing entries, else refused with the option named."""
+        if self.missing is not None:
+            kw["ensure_all_finite"] = "allow-nan"
+        try:
+            return sk_checked(
+                validate_data, self, X, accept_sparse=("csr", "csc"),
+                dtype=[np.float64, np.float32], **kw,
+            )  # fmt: skip
+        except InputError as exc:
+            if self.missing is None and "NaN" in str(exc):
+                raise InputError(
+                    f"{exc}\nFor missing values, pass missing='nan' (or a fill value) to fit "
+                    "the observed entries only."
+                ) from exc
+            raise
 
     def _drop_feature_names(self) -> None:
         # A fit on input without column names forgets those of an earlier fit.
@@ -271,14 +285,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """
         self._check_parameters()
         if sklearn_input(X):
-            X = sk_checked(
-                validate_data,
-                self,
-                X,
-                accept_sparse=("csr", "csc"),
-                dtype=[np.float64, np.float32],
-                **self._finiteness(),
-            )
+            X = self._validated(X)
             if self.missing is None:  # (else checked on the observed entries only)
                 sk_checked(check_non_negative, X, "NMF (input X)")
             shape, dtype = X.shape, np.dtype(X.dtype)
@@ -387,16 +394,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         if sklearn_input(X):
-            X = sk_checked(
-                validate_data,
-                self,
-                X,
-                reset=False,
-                accept_sparse=("csr", "csc"),
-                dtype=[np.float64, np.float32],
-                ensure_non_negative=self.missing is None,
-                **self._finiteness(),
-            )
+            X = self._validated(X, reset=False, ensure_non_negative=self.missing is None)
             dtype = np.dtype(X.dtype)
         else:
             Vin = driver.input_matrix(X, self.block_rows)
