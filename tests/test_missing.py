@@ -160,7 +160,7 @@ def test_on_a_cluster_from_a_store(tmp_path, holes, cluster_client):
         path, start, "frobenius", missing="nan", max_iter=12, tol=0, client=cluster_client,
         keep_in_memory=False, checkpoint=str(tmp_path / "ck.zarr"), checkpoint_every=5,
     )  # fmt: skip
-    np.testing.assert_allclose(np.asarray(res.W), W_ref, rtol=1e-10)
+    np.testing.assert_allclose(cluster_client.compute(res.W, sync=True), W_ref, rtol=1e-10)
     np.testing.assert_allclose(res.H, H_ref, rtol=1e-10)
     np.testing.assert_allclose(res.loss_history[1:], losses, rtol=1e-10)
 
