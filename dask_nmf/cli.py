@@ -88,6 +88,16 @@ def cli() -> None:
 @click.option(
     "--init", type=click.Choice(["random", "nndsvd", "nndsvda", "nndsvdar"]), default=None
 )
+@click.option(
+    "--missing",
+    default=None,
+    help="Fit the observed entries only: 'nan' (NaN are missing) or a fill value, e.g. -9999.",
+)
+@click.option(
+    "--mask",
+    default=None,
+    help="A boolean zarr array of INPUT's shape, True where observed (the others are missing).",
+)
 @click.option("--max-iter", type=int, default=200, show_default=True)
 @click.option("--tol", type=float, default=1e-4, show_default=True)
 @click.option("--seed", type=int, default=None, help="Random seed (reproducible runs).")
@@ -125,6 +135,8 @@ def fit(
     shuffle,
     accelerate,
     init,
+    missing,
+    mask,
     max_iter,
     tol,
     seed,
@@ -173,6 +185,7 @@ def fit(
             raise Abort(f"--alpha-h must be 'same' or a number; got {alpha_h!r}") from None
     if resume and overwrite:
         raise Abort("--resume and --overwrite contradict each other")
+    missing = _missing_option(missing, mask)
     # Cheap checks of the options, the store (exists, is an array) and OUTPUT
     # (absent or ours, not V) before any cluster starts.
     fit_options = fail_on_input_errors(
@@ -191,6 +204,7 @@ def fit(
         accelerate=accelerate,
         loss_every=loss_every,
         checkpoint_every=checkpoint_every,
+        missing=missing,
     )
     fail_on_input_errors(
         driver.input_matrix, input_, block_rows, array=array_name, dtype=dtype, **xr_opts
@@ -200,7 +214,7 @@ def fit(
         output,
         overwrite=overwrite,
         resume=resume,
-        inputs=outputs.input_locations(input_),
+        inputs=[*outputs.input_locations(input_), *(outputs.input_locations(mask) if mask else [])],
     )
     start = 0
     if resume:
@@ -235,6 +249,7 @@ def fit(
                     array=array_name,
                     dtype=dtype,
                     keep_in_memory=keep_in_memory,
+                    mask=mask,
                     **xr_opts,
                     on_checkpoint=lambda it, path: progress.log(
                         f"checkpoint: iteration {it} -> {path}"
@@ -317,6 +332,8 @@ def transform(
             array=array_name,
             shuffle=params.get("shuffle", False),
             random_state=params.get("random_state"),
+            # (a model fitted with a mask: the new rows' NaN are their missing entries)
+            missing="nan" if params.get("missing") == "mask" else params.get("missing"),
         )
         claim = fail_on_input_errors(
             outputs.claim_output, output, overwrite=overwrite, inputs=inputs
@@ -442,6 +459,20 @@ def _demo_recipe(path: str) -> dict | None:
         return dict(zarr.open_array(path, mode="r").attrs.get("dask_nmf_demo", {})) or None
     except Exception:  # not a zarr array at all: not the demo's
         return None
+
+
+def _missing_option(missing: str | None, mask: str | None) -> Any:
+    """``FitOptions.missing`` from --missing and --mask."""
+    if mask is not None:
+        if missing is not None:
+            raise Abort("--missing and --mask contradict each other: give one")
+        return "mask"
+    if missing is None or missing.lower() == "nan":
+        return None if missing is None else "nan"
+    try:
+        return float(missing)
+    except ValueError:
+        raise Abort(f"--missing must be 'nan' or a number (a fill value); got {missing!r}") from None
 
 
 def _split(dims: str | None) -> tuple[str, ...] | None:

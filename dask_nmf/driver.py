@@ -46,6 +46,8 @@ from .io import (
     open_input,
 )
 from .loop import CostWatch, Iterate, IterationLoop
+from .missing import check_input as check_missing_input
+from .missing import masked_input, split_missing, stats_function
 from .options import FitOptions
 from .passes import PassBuilder, as_delayed, input_stats
 from .persistence import NMFResult
@@ -85,6 +87,7 @@ def factorize(
     loss_every: int | None = None,
     shuffle: bool = False,
     accelerate: bool = False,
+    missing: Any = None,
 ) -> NMFResult:
     """Factorize a non-negative matrix V ~= W H with Lee & Seung's multiplicative updates.
 
@@ -178,6 +181,11 @@ def factorize(
         per pass from the same sums (each is a step of the same solver: the
         cost never increases).
         Off by default (the default follows scikit-learn step for step).
+    missing : None, "nan", float, or a boolean array of V's shape
+        Fit only V's observed entries (Frobenius and KL MU): None refuses NaN;
+        "nan" takes NaN as missing; a number takes entries equal to it (and NaN)
+        as missing; a boolean mask (NumPy, dask, zarr array or path; True =
+        observed, row-chunked like V) names them.  See :mod:`dask_nmf.missing`.
 
     Returns
     -------
@@ -187,6 +195,7 @@ def factorize(
     """
     if init is None and W_init is not None and H_init is not None:
         init = "custom"
+    missing, mask = split_missing(missing)
     options = FitOptions(
         n_components,
         beta_loss=beta_loss,
@@ -202,10 +211,12 @@ def factorize(
         accelerate=accelerate,
         loss_every=loss_every,
         checkpoint_every=checkpoint_every,
+        missing=missing,
     )
     return fit(
         V,
         options,
+        mask=mask,
         W_init=W_init,
         H_init=H_init,
         block_rows=block_rows,
@@ -247,18 +258,21 @@ def fit(
     variable: str | None = None,
     sample_dims: Any = None,
     feature_dims: Any = None,
+    mask: Any = None,
 ) -> NMFResult:
     """:func:`factorize` with its options already made (what the estimator and
     the command line call, having validated the options before anything else).
 
     Flow: open V → claim the output → validate V → solver and initial state →
     :class:`~dask_nmf.loop.IterationLoop` → result.  The parameters are
-    :func:`factorize`'s.
+    :func:`factorize`'s; ``mask`` is the boolean array of ``missing="mask"``.
     """
     t_start = time.perf_counter()
     if resume and checkpoint is None:
         raise InputError("resume=True needs checkpoint= naming the store to resume from")
 
+    V_places = outputs.input_locations(V, storage_options)
+    V = masked_input(V, options.missing, mask, storage_options)
     runner = Runner(resolve_client(client))
     if resume and block_rows is None and checkpoint is not None:
         # Continue with the checkpoint's row blocks (W is stored in them).
@@ -275,6 +289,7 @@ def fit(
     )
     Vin = open_input(V, block_rows, block_bytes=runner.block_bytes, **opening)
     runner.expect_blocks(Vin, checkpoint, storage_options)  # (for ClusterError's messages)
+    check_missing_input(Vin, options.missing)
     m, n = Vin.shape
     k = options.n_components
     init, custom = plan_start(options, Vin, W_init, H_init, resume)
@@ -282,7 +297,7 @@ def fit(
 
     # The output is taken before V is read: refused unless it is absent or ours,
     # and locked against other runs until this one ends.
-    resume_meta, V_places, claim = None, outputs.input_locations(V, storage_options), None
+    resume_meta, claim = None, None
     note = None  # about a finished run being resumed
     temp_store = None
     if checkpoint is not None:
@@ -316,10 +331,10 @@ def fit(
             if keep_in_memory:
                 (Vin.array,) = runner.persist(Vin.array)
                 Vin.zarr = None  # the iterations use the kept blocks, not the store
-        local_stats = None
+        local_stats, block_stats = None, stats_function(options.missing)
         if Vin.local is not None:
             # V is here: check it before any of it is sent to a cluster.
-            local_stats = input_stats(Runner(None), block_sources(Vin))
+            local_stats = input_stats(Runner(None), block_sources(Vin), stats=block_stats)
             check_stats(local_stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
         sources = runner.place(block_sources(Vin))
         # Re-read from a zarr store: every pass reads V's blocks inside its own tasks.
@@ -327,7 +342,7 @@ def fit(
 
         try:
             # validation and statistics
-            stats = local_stats or input_stats(runner, sources, reader, Vin.bounds)
+            stats = local_stats or input_stats(runner, sources, reader, Vin.bounds, block_stats)
             check_stats(stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
             options.algorithm.check_stats(stats)
             fingerprint = resuming.fingerprint(stats, V_places)
@@ -365,7 +380,7 @@ def fit(
             it = Iterate(W_h, H, t, losses, carry=carry)
         else:
             W_src, H = custom or initialize(
-                init, Vin, k, stats, options.random_state, runner, reader
+                init, Vin, k, stats, options.random_state, runner, reader, options.missing
             )
             it = Iterate(runner.place(W_src), H, 0)
             if checkpoints is not None:
@@ -468,11 +483,13 @@ def transform(
     array: str | None = None,
     shuffle: bool = False,
     random_state: Any = None,
+    missing: Any = None,
 ) -> da.Array:
     """W for the rows of V with H fixed: the solver on W alone, each row block on its own.
 
     ``shuffle`` and ``random_state``: for solvers that update coordinates in
-    turn (as in :func:`factorize`).
+    turn (as in :func:`factorize`).  ``missing`` as in :func:`factorize`: each
+    row's W then fits its observed entries only.
 
     No reduction runs between the blocks (apart from the one validation pass
     that also gives the mean of V, from which W starts, as in scikit-learn).
@@ -496,7 +513,9 @@ def transform(
         alpha_H=0.0,
         l1_ratio=l1_ratio,
         shuffle=shuffle,
+        missing=split_missing(missing)[0],
     )
+    V = masked_input(V, options.missing, split_missing(missing)[1], storage_options)
     runner = Runner(resolve_client(client))
     Vin = open_input(
         V,
@@ -508,12 +527,13 @@ def transform(
     )
     if Vin.shape[1] != n:
         raise InputError(f"V has {Vin.shape[1]} columns but the model has {n} features")
+    check_missing_input(Vin, options.missing)
     sources = runner.place(block_sources(Vin))
-    stats = input_stats(runner, sources)
+    stats = input_stats(runner, sources, stats=stats_function(options.missing))
     check_stats(stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
     options.algorithm.check_stats(stats)
     solver = options.solver_for(Vin.shape, stats, H.dtype)
-    w_start = float(np.sqrt(stats["sum"] / (Vin.shape[0] * n) / k))
+    w_start = float(np.sqrt(stats["sum"] / stats.get("observed", Vin.shape[0] * n) / k))
     Hd = dask.delayed(H, name=f"nmf-H-{uuid.uuid4().hex}")
     blocks = [
         da.from_delayed(

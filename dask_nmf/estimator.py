@@ -96,6 +96,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     accelerate : bool, default=False
         Frobenius MU and cd: Gillis & Glineur's accelerated MU / HALS (several W
         and H updates per pass over X); see :func:`dask_nmf.factorize`.
+    missing : None, "nan" or float, default=None
+        Fit only X's observed entries: "nan" takes NaN as missing, a number
+        takes entries equal to it as missing (Frobenius and KL MU); None
+        refuses NaN, as scikit-learn does.  ``transform`` then fits each row's
+        observed entries.  See :func:`dask_nmf.factorize`.
 
     Attributes
     ----------
@@ -130,6 +135,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         "solver": [StrOptions({name for name, _ in SOLVERS})],
         "shuffle": ["boolean"],
         "accelerate": ["boolean"],
+        "missing": [None, StrOptions({"nan"}), Real],
         "beta_loss": [StrOptions({"frobenius", "kullback-leibler", "itakura-saito"}), Real],
         "tol": [Interval(Real, 0, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
@@ -162,6 +168,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         loss_every: int | None = None,
         shuffle: bool = False,
         accelerate: bool = False,
+        missing: str | float | None = None,
     ):
         self.n_components = n_components
         self.init = init
@@ -179,6 +186,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.loss_every = loss_every
         self.shuffle = shuffle
         self.accelerate = accelerate
+        self.missing = missing
 
     def _options(self, k: int) -> FitOptions:
         """The fit's options (validated as they are made)."""
@@ -196,6 +204,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             shuffle=self.shuffle,
             accelerate=self.accelerate,
             loss_every=self.loss_every,
+            missing=self.missing,
         )
 
     def _our_parameter_message(self) -> str | None:
@@ -219,6 +228,24 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ours = self._our_parameter_message()
         if ours or theirs:
             raise ParameterError(" ".join(m.rstrip(".") + "." for m in (ours, theirs) if m))
+
+    def _validated(self, X: Any, **kw: Any) -> Any:
+        """X through scikit-learn's ``validate_data``; NaN allowed where they are
+        the missing entries, else refused with the option named."""
+        if self.missing is not None:
+            kw["ensure_all_finite"] = "allow-nan"
+        try:
+            return sk_checked(
+                validate_data, self, X, accept_sparse=("csr", "csc"),
+                dtype=[np.float64, np.float32], **kw,
+            )  # fmt: skip
+        except InputError as exc:
+            if self.missing is None and "NaN" in str(exc):
+                raise InputError(
+                    f"{exc}\nFor missing values, pass missing='nan' (or a fill value) to fit "
+                    "the observed entries only."
+                ) from exc
+            raise
 
     def _drop_feature_names(self) -> None:
         # A fit on input without column names forgets those of an earlier fit.
@@ -258,10 +285,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """
         self._check_parameters()
         if sklearn_input(X):
-            X = sk_checked(
-                validate_data, self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32]
-            )
-            sk_checked(check_non_negative, X, "NMF (input X)")
+            X = self._validated(X)
+            if self.missing is None:  # (else checked on the observed entries only)
+                sk_checked(check_non_negative, X, "NMF (input X)")
             shape, dtype = X.shape, np.dtype(X.dtype)
         else:
             Vin = driver.input_matrix(X, self.block_rows)
@@ -368,15 +394,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         if sklearn_input(X):
-            X = sk_checked(
-                validate_data,
-                self,
-                X,
-                reset=False,
-                accept_sparse=("csr", "csc"),
-                dtype=[np.float64, np.float32],
-                ensure_non_negative=True,
-            )
+            X = self._validated(X, reset=False, ensure_non_negative=self.missing is None)
             dtype = np.dtype(X.dtype)
         else:
             Vin = driver.input_matrix(X, self.block_rows)
@@ -404,6 +422,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             block_rows=self.block_rows,
             shuffle=self.shuffle,
             random_state=self.random_state,
+            missing=self.missing,
         )
         if not in_memory(X):
             return W

@@ -16,6 +16,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from . import kernels_masked
 from .io import (
     BlockReader,
     InputError,
@@ -26,6 +27,7 @@ from .io import (
     row_bounds,
     rows_array,
 )
+from .missing import column_means, fill_value
 from .options import INITS
 
 #: scikit-learn zeroes NNDSVD entries below this before filling them.
@@ -155,6 +157,7 @@ def nndsvd_init(
     random_state: Any,
     runner: Any = None,
     reader: BlockReader | None = None,
+    fill: tuple | None = None,
 ):
     """NNDSVD (Boutsidis & Gallopoulos) from an out-of-core randomized SVD.
 
@@ -164,12 +167,17 @@ def nndsvd_init(
     ``runner`` (the driver's, with ``persist`` and ``compute``; default: dask's
     own functions) keeps the m x k left singular vectors on the cluster while
     W is made.  ``reader``: V's zarr store when V is re-read from it every
-    pass (see :func:`_svd_input`).
+    pass (see :func:`_svd_input`).  ``fill``: ``(column means, fill value or None)``
+    where V has missing entries: the SVD reads each as its column's mean.
     """
     from sklearn.utils import check_random_state  # (scikit-learn is slow to import)
 
     rng = check_random_state(random_state)
     Vd = _svd_input(V, reader)
+    if fill is not None:
+        means, value = fill
+        dtype = np.float64 if Vd.dtype != np.float32 else np.float32
+        Vd = Vd.map_blocks(kernels_masked.fill_columns, means, value, dtype=dtype)
     if Vd.dtype != np.float64:
         # The SVD runs in float64 whatever V's dtype, block by block as it is
         # read (still out of core): float32 power iterations alone put the
@@ -283,9 +291,17 @@ def plan_start(options: Any, Vin: InputMatrix, W_init: Any, H_init: Any, resume:
     return init, custom
 
 
-def initialize(init, Vin, k, stats, random_state, runner, reader=None):
-    """``(W, H)`` of the initialization ``init`` (a resolved name, not "custom")."""
-    mean = stats["sum"] / (Vin.shape[0] * Vin.shape[1])
+def initialize(init, Vin, k, stats, random_state, runner, reader=None, missing=None):
+    """``(W, H)`` of the initialization ``init`` (a resolved name, not "custom").
+
+    With missing entries (``missing``, and ``stats`` of the observed ones): the
+    mean is that of the observed entries, and the NNDSVD's SVD reads V with
+    each missing entry replaced by its column's observed mean.
+    """
+    mean = stats["sum"] / stats.get("observed", Vin.shape[0] * Vin.shape[1])
     if init == "random":
         return random_init(Vin, k, mean, random_state)
-    return nndsvd_init(Vin, k, mean, init, random_state, runner, reader)
+    fill = None
+    if missing is not None and stats.get("observed", 0) < stats.get("size", 0):
+        fill = (column_means(stats), fill_value(missing))
+    return nndsvd_init(Vin, k, mean, init, random_state, runner, reader, fill)

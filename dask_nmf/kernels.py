@@ -418,15 +418,21 @@ def block_stats(V) -> dict:
     }
 
 
+#: Additive statistics of the observed entries (:func:`dask_nmf.kernels_masked.block_stats`).
+_MASKED_STATS = ("observed", "size", "col_sum", "col_count")
+
+
 def merge_stats(a: dict, b: dict) -> dict:
     """Combine two :func:`block_stats` results."""
-    return {
+    out = {
         "min": min(a["min"], b["min"]),
         "max": max(a.get("max", np.nan), b.get("max", np.nan)),
         "finite": a["finite"] and b["finite"],
         "sum": a["sum"] + b["sum"],
         "sumsq": a["sumsq"] + b["sumsq"],
     }
+    out.update({key: a[key] + b[key] for key in _MASKED_STATS if key in a})
+    return out
 
 
 def add_partials(a: dict, b: dict) -> dict:

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from .io import InputError
-from .solvers import Regularization, Solver, solver_class
+from .missing import check_missing, fill_value
+from .solvers import Regularization, Solver, masked_solver_class, solver_class
 
 
 # --------------------------------------------------------------------------
@@ -95,6 +96,7 @@ class FitOptions:
     accelerate: bool = False
     loss_every: int | None = 10
     checkpoint_every: int = 10
+    missing: Any = None
 
     def __post_init__(self) -> None:
         if self.loss_every is None:  # (the default, 10, where callers pass None through)
@@ -106,8 +108,13 @@ class FitOptions:
         if self.accelerate and not algorithm.accelerates:
             raise InputError(
                 f"accelerate=True is not implemented for solver={algorithm.name!r} with "
-                f"beta_loss={algorithm.loss_name!r}; it is for solver='mu' with 'frobenius'"
+                f"beta_loss={algorithm.loss_name!r}; it is for solver='mu' or 'cd' with 'frobenius'"
             )
+        object.__setattr__(self, "missing", check_missing(self.missing))
+        if self.missing is not None:
+            masked_solver_class(self.beta_loss, self.solver)  # (refuses what has none)
+            if self.accelerate:
+                raise InputError("accelerate=True is not implemented with missing values")
         if self.init is not None and self.init not in INITS:
             raise InputError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
         for name in ("loss_every", "checkpoint_every"):
@@ -125,17 +132,17 @@ class FitOptions:
         return Regularization(*regularization(shape, self.alpha_W, self.alpha_H, self.l1_ratio))
 
     def solver_for(self, shape: tuple[int, int], stats: dict, dtype: Any) -> Solver:
-        """The solver object for V of ``shape`` with validation ``stats``."""
-        return self.algorithm(
-            self.regularization(shape),
-            stats["sumsq"],
-            stats["sum"],
-            dtype,
-            tol=self.tol,
-            shuffle=self.shuffle,
-            random_state=self.random_state,
-            accelerate=self.accelerate,
-        )
+        """The solver object for V of ``shape`` with validation ``stats``.
+
+        With ``missing`` set and an entry missing, the masked solver of the same
+        cost; with none missing, the plain one (the same fit, fewer products).
+        """
+        common = dict(tol=self.tol, shuffle=self.shuffle, random_state=self.random_state)
+        args = (self.regularization(shape), stats["sumsq"], stats["sum"], dtype)
+        if self.missing is not None and stats.get("observed", math.inf) < stats.get("size", 0):
+            cls = masked_solver_class(self.beta_loss, self.solver)
+            return cls(*args, **common, fill=fill_value(self.missing))
+        return self.algorithm(*args, **common, accelerate=self.accelerate)
 
     def record(self) -> dict:
         """The options as a checkpoint records them (JSON; names as given by the user)."""

@@ -116,9 +116,14 @@ def describe_key(key: Any) -> dict | None:
 
 
 def input_stats(
-    runner: Runner, sources: list, reader: BlockReader | None = None, bounds: list | None = None
+    runner: Runner,
+    sources: list,
+    reader: BlockReader | None = None,
+    bounds: list | None = None,
+    stats: Callable[[Any], dict] = kernels.block_stats,
 ) -> dict:
-    """One pass over V: its minimum, finiteness, sum and sum of squares.
+    """One pass over V: its minimum, finiteness, sum and sum of squares
+    (``stats`` of each block: over the observed entries where some may be missing).
 
     When V is to be re-read from its zarr store every pass (a ``reader`` of it
     and the row ``bounds``), this pass reads it the way the iterations will,
@@ -126,16 +131,18 @@ def input_stats(
     V becomes a task result.
     """
     if reader is not None:
-        parts = [dask.delayed(_stats_of_rows, pure=False)(reader, a, b) for a, b in bounds]
+        parts = [
+            dask.delayed(_stats_of_rows, pure=False)(reader, a, b, stats) for a, b in bounds
+        ]
     else:
-        parts = [dask.delayed(kernels.block_stats, pure=False)(as_delayed(s)) for s in sources]
+        parts = [dask.delayed(stats, pure=False)(as_delayed(s)) for s in sources]
     total = tree_reduce(parts, kernels.merge_all_stats)
-    (stats,) = runner.compute(total)
-    return stats
+    (result,) = runner.compute(total)
+    return result
 
 
-def _stats_of_rows(reader: BlockReader, start: int, stop: int) -> dict:
-    return kernels.block_stats(read_rows_into(reader, start, stop))
+def _stats_of_rows(reader: BlockReader, start: int, stop: int, stats: Callable) -> dict:
+    return stats(read_rows_into(reader, start, stop))
 
 
 # --------------------------------------------------------------------------

@@ -36,6 +36,7 @@ def check_resumable(meta: dict, params: dict, Vin: InputMatrix, V_places: list) 
         "alpha_H",
         "l1_ratio",
         "dtype",
+        "missing",
     ):
         if key in old and old[key] != params[key]:
             raise InputError(

@@ -43,9 +43,48 @@ def reference_mu(V, W, H, beta, n_iter, l1_W=0.0, l2_W=0.0, l1_H=0.0, l2_H=0.0):
     return W, H, losses
 
 
-def reference_loss(V, W, H, beta):
-    """0.5 ||V - WH||^2 or D(V || WH), computed directly."""
-    WH = W @ H
+def reference_masked_mu(V, M, W, H, beta, n_iter, l1_W=0.0, l2_W=0.0, l1_H=0.0, l2_H=0.0):
+    """Plain NumPy weighted multiplicative updates over the entries where M is True.
+
+    Written from the weighted rules (whole matrices, no sub-blocks): Frobenius
+    ``W * ((M∘V) Hᵀ) / ((M∘WH) Hᵀ + ...)``, KL ``W * ((M∘V/WH) Hᵀ) / (M Hᵀ + ...)``
+    and their H analogues; returns the factors and each iteration's loss over
+    the observed entries and its penalty.
+    """
+    eps = np.finfo(np.float32).eps
+    V0, Mf = np.where(M, V, 0.0), M.astype(float)
+    W, H = W.copy(), H.copy()
+    losses, penalties = [], []
+    for _ in range(n_iter):
+        if beta == 2:
+            num, den = V0 @ H.T, (Mf * (W @ H)) @ H.T + l1_W + l2_W * W
+        else:
+            num, den = (V0 / np.maximum(W @ H, eps)) @ H.T, Mf @ H.T + l1_W + l2_W * W
+        W = W * num / np.where(den == 0, eps, den)
+        if beta == 2:
+            num, den = W.T @ V0, W.T @ (Mf * (W @ H)) + l1_H + l2_H * H
+        else:
+            C = W.T @ Mf
+            num, den = W.T @ (V0 / np.maximum(W @ H, eps)), np.where(C == 0, 1, C) + l1_H + l2_H * H
+        H = H * num / np.where(den == 0, eps, den)
+        if beta == 1:
+            H[H < np.finfo(np.float64).eps] = 0
+        losses.append(reference_masked_loss(V, M, W, H, beta))
+        penalties.append(
+            l1_W * W.sum() + 0.5 * l2_W * (W**2).sum() + l1_H * H.sum() + 0.5 * l2_H * (H**2).sum()
+        )
+    return W, H, losses, penalties
+
+
+def reference_masked_loss(V, M, W, H, beta):
+    """The loss over the entries where M is True, computed directly."""
+    return reference_loss(V[M], W, H, beta, mask=M)
+
+
+def reference_loss(V, W, H, beta, mask=None):
+    """0.5 ||V - WH||^2 or D(V || WH), computed directly (over ``mask`` when given,
+    V then being the observed values ``V[mask]``)."""
+    WH = W @ H if mask is None else (W @ H)[mask]
     if beta == 2:
         return 0.5 * float(((V - WH) ** 2).sum())
     # as scikit-learn: W·H floored inside the log only; 0 log 0 = 0

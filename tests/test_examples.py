@@ -110,6 +110,17 @@ def test_hyperspectral(tmp_path):
     assert res.W.shape == (summary["size"] ** 2, summary["endmembers"])
 
 
+def test_missing_values(tmp_path):
+    """A cube with 20 % of its pixels under clouds unmixes about as well as the clear cube."""
+    summary = load_example("missing_values").main(["--quick", "--out", str(tmp_path)])
+    check_figures(tmp_path, ["missing_values_spectra.png"])
+    assert abs(summary["cloud_fraction"] - 0.2) < 0.01
+    cloudy, clear = summary["cloudy"], summary["clear"]
+    assert max(cloudy["spectral_angles_deg"]) < max(clear["spectral_angles_deg"]) + 2.0
+    assert max(cloudy["abundance_rmse"]) < max(clear["abundance_rmse"]) + 0.02
+    assert summary["cloudy_pixels_have_zero_abundance"]
+
+
 def _port_is_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)

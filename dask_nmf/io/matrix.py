@@ -113,10 +113,23 @@ def check_stats(
     """
     if not stats["finite"]:
         # (The second sentences are scikit-learn's phrases, which users match.)
+        if "observed" in stats:  # missing entries are allowed: what is left is inf
+            raise InputError(
+                f"{name} contains infinite values; NMF needs finite observed entries (NaN "
+                f"and the fill value are the missing ones). Input {name} contains infinity."
+            )
+        hint = (
+            " For missing values, pass missing='nan' (or a fill value, or a boolean mask) "
+            "to fit the observed entries only."
+            if name == "V"
+            else ""
+        )
         raise InputError(
-            f"{name} contains NaN or infinite values; NMF needs finite entries. "
+            f"{name} contains NaN or infinite values; NMF needs finite entries.{hint} "
             f"Input {name} contains NaN or infinity."
         )
+    if stats.get("observed", 1) == 0:
+        raise InputError(f"{name} has no observed entry: every entry is missing")
     if stats["min"] < 0:
         raise InputError(
             f"{name} contains negative values (minimum {stats['min']:.6g}); NMF needs V >= 0. "

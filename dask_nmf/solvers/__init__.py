@@ -15,6 +15,7 @@ import numpy as np
 from .anls import AlternatingNNLS
 from .base import PassReport, Regularization, Solver
 from .cd import CoordinateDescent
+from .masked_mu import MaskedFrobeniusMU, MaskedKullbackLeiblerMU
 from .mu_beta import BetaDivergenceMU
 from .mu_frobenius import FrobeniusMU
 from .mu_kl import KullbackLeiblerMU
@@ -31,6 +32,11 @@ SOLVERS: dict[tuple[str, float | None], type[Solver]] = {
     (CoordinateDescent.name, CoordinateDescent.beta): CoordinateDescent,
     (AlternatingNNLS.name, AlternatingNNLS.beta): AlternatingNNLS,
 }
+#: The solvers for V with missing entries, keyed as :data:`SOLVERS`.
+MASKED_SOLVERS: dict[tuple[str, float | None], type[Solver]] = {
+    (MaskedFrobeniusMU.name, MaskedFrobeniusMU.beta): MaskedFrobeniusMU,
+    (MaskedKullbackLeiblerMU.name, MaskedKullbackLeiblerMU.beta): MaskedKullbackLeiblerMU,
+}
 #: Accepted spellings of the costs, mapped to the beta of the beta-divergence.
 BETA_LOSSES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 
@@ -38,6 +44,9 @@ __all__ = [
     "ANY_BETA",
     "AlternatingNNLS",
     "BETA_LOSSES",
+    "MASKED_SOLVERS",
+    "MaskedFrobeniusMU",
+    "MaskedKullbackLeiblerMU",
     "SOLVERS",
     "BetaDivergenceMU",
     "PassReport",
@@ -47,6 +56,7 @@ __all__ = [
     "FrobeniusMU",
     "KullbackLeiblerMU",
     "beta_of",
+    "masked_solver_class",
     "solver_class",
 ]
 
@@ -85,4 +95,26 @@ def solver_class(beta_loss: Any, solver: str = "mu") -> type[Solver]:
     known = sorted({name for name, _ in SOLVERS})
     raise InputError(
         f"unknown solver {solver!r} for beta_loss={beta_loss!r}; choose one of {known}"
+    )
+
+
+def masked_solver_class(beta_loss: Any, solver: str = "mu") -> type[Solver]:
+    """The :class:`Solver` fitting only the observed entries, or :class:`InputError`
+    saying which combinations have one."""
+    from ..io import InputError
+
+    beta = beta_of(beta_loss)
+    if (solver, beta) in MASKED_SOLVERS:
+        return MASKED_SOLVERS[(solver, beta)]
+    solver_class(beta_loss, solver)  # (an unknown solver or cost: its own message first)
+    if solver == "cd":
+        why = (
+            "coordinate descent's W update is not row-separable with a mask without one "
+            "k x k Gram matrix per row"
+        )
+    else:
+        why = "weighted updates are implemented for beta_loss 'frobenius' and 'kullback-leibler'"
+    raise InputError(
+        f"missing values are not supported with solver={solver!r}, beta_loss={beta_loss!r}: "
+        f"{why}; use solver='mu' with beta_loss='frobenius' or 'kullback-leibler'"
     )

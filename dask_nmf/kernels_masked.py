@@ -1,0 +1,275 @@
+"""Per-block NumPy kernels of the multiplicative updates weighted by a mask.
+
+Only the observed entries of V are fitted: with a boolean mask ``M`` (True =
+observed) the costs are ``0.5 * ||M ∘ (V - WH)||^2`` and
+``sum_M V log(V / WH) - V + WH``.  Every function here takes the mask of its
+block explicitly, so callers may build it however they like (NaN or a fill
+value in V, a separate mask array, entries held out for validation).  V may
+hold anything (NaN, a fill value) where ``M`` is False: it is never read there.
+
+Like :mod:`dask_nmf.kernels` these are pure functions of one row block (no
+dask, no I/O), processed in cache-sized sub-blocks, with scikit-learn's guards
+(zero denominators become EPSILON; W·H floored at EPSILON inside KL's ratio).
+A row (column) with no observed entry gets a zero numerator and an EPSILON
+denominator: its row of W (column of H) becomes zero and stays finite.
+
+Frobenius::
+
+    W' = W ∘ ((M∘V) Hᵀ) / ((M∘WH) Hᵀ + l1 + l2 W)
+    A = W'ᵀ (M∘V),  D = W'ᵀ (M∘W'H)            (k x n, additive)
+    H' = H ∘ A / (D + l1 + l2 H)
+
+Kullback-Leibler::
+
+    W' = W ∘ ((M∘V / WH) Hᵀ) / (M Hᵀ + l1 + l2 W)
+    A = W'ᵀ (M∘V / W'H),  C = W'ᵀ M            (k x n, additive)
+    H' = H ∘ A / (C + l1 + l2 H)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels import EPSILON, H_FLOOR, _row_bytes, _safe_ratio, _sub_blocks, _vlogr, _w_terms
+
+
+def mask(V, fill: float | None = None) -> np.ndarray:
+    """The observed entries of a dense block: not NaN, and not equal to ``fill``
+    when one is given."""
+    V = np.asarray(V)
+    M = ~np.isnan(V) if V.dtype.kind == "f" else np.ones(V.shape, dtype=bool)
+    if fill is not None:
+        M &= V != fill
+    return M
+
+
+def observed(V, fill: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(V0, M)``: :func:`mask` and V with its missing entries set to 0."""
+    M = mask(V, fill)
+    return np.where(M, V, 0), M
+
+
+def _zeroed(V, M: np.ndarray, dtype) -> np.ndarray:
+    """V with 0 where ``M`` is False, in ``dtype`` (V's NaN never reach a product)."""
+    return np.where(M, V, 0).astype(dtype, copy=False)
+
+
+# --------------------------------------------------------------------------
+# W updates (row-local)
+# --------------------------------------------------------------------------
+def frobenius_w_update(
+    V, M: np.ndarray, W: np.ndarray, H: np.ndarray, l1: float = 0.0, l2: float = 0.0
+) -> np.ndarray:
+    """One weighted Frobenius MU step for the rows ``W`` (a new array)."""
+    V0 = _zeroed(V, M, W.dtype)
+    numerator = V0 @ H.T
+    denominator = (M * (W @ H)) @ H.T
+    if l1 > 0:
+        denominator += l1
+    if l2 > 0:
+        denominator += l2 * W
+    return W * _safe_ratio(numerator, denominator)
+
+
+def _kl_ratio(V0: np.ndarray, M: np.ndarray, W: np.ndarray, H: np.ndarray):
+    """``(M∘V / WH, sum M∘WH)`` with W·H floored at EPSILON in the ratio only."""
+    WH = W @ H
+    wh_sum = float(np.sum(WH, where=M, dtype=np.float64))
+    np.maximum(WH, EPSILON, out=WH)
+    np.divide(V0, WH, out=WH)  # (0 where M is False: V0 is)
+    return WH, wh_sum
+
+
+def kl_w_update(
+    V, M: np.ndarray, W: np.ndarray, H: np.ndarray, l1: float = 0.0, l2: float = 0.0
+) -> np.ndarray:
+    """One weighted KL MU step for the rows ``W`` (a new array)."""
+    ratio, _ = _kl_ratio(_zeroed(V, M, W.dtype), M, W, H)
+    return _kl_w_from_ratio(ratio, M, W, H, l1, l2)
+
+
+def _kl_w_from_ratio(ratio, M, W, H, l1, l2):
+    numerator = ratio @ H.T
+    denominator = M.astype(W.dtype) @ H.T
+    if l1 > 0:
+        denominator += l1
+    if l2 > 0:
+        denominator += l2 * W
+    return W * _safe_ratio(numerator, denominator)
+
+
+# --------------------------------------------------------------------------
+# Fused block steps: W update + the H update's partial sums + loss terms
+# --------------------------------------------------------------------------
+def frobenius_block_step(
+    V, M: np.ndarray, W: np.ndarray, H: np.ndarray, l1: float = 0.0, l2: float = 0.0
+) -> tuple[np.ndarray, dict]:
+    """Update a W block; emit ``A = W'ᵀ(M∘V)``, ``D = W'ᵀ(M∘W'H)`` and the loss
+    ``"r0" = ||M∘(V - WH)||^2`` of the *incoming* state (W·H is formed for the
+    update anyway), with W's penalty terms (``w_sum``, ``w_sq``, ``w0_sum``, ``w0_sq``)."""
+    V = np.asarray(V)
+    k, n = H.shape
+    W_new = np.empty_like(W)
+    A = np.zeros((k, n), dtype=W.dtype)
+    D = np.zeros((k, n), dtype=W.dtype)
+    r0 = 0.0
+    for rows in _sub_blocks(V.shape[0], _row_bytes(V)):
+        Ms, Ws = M[rows], W[rows]
+        Vs = _zeroed(V[rows], Ms, W.dtype)
+        WH = Ws @ H
+        np.multiply(WH, Ms, out=WH)
+        R = (Vs - WH).ravel()
+        r0 += float(np.dot(R, R))
+        denominator = WH @ H.T
+        if l1 > 0:
+            denominator += l1
+        if l2 > 0:
+            denominator += l2 * Ws
+        Wn = Ws * _safe_ratio(Vs @ H.T, denominator)
+        W_new[rows] = Wn
+        A += Wn.T @ Vs
+        D += Wn.T @ (Ms * (Wn @ H))
+    return W_new, {"A": A, "D": D, "r0": r0, **_w_terms(W_new, W)}
+
+
+def frobenius_h_update(
+    H: np.ndarray, A: np.ndarray, D: np.ndarray, l1: float = 0.0, l2: float = 0.0
+) -> np.ndarray:
+    """``H' = H ∘ A / (D + l1 + l2 H)`` from the summed ``A`` and ``D``."""
+    denominator = D.copy()
+    if l1 > 0:
+        denominator += l1
+    if l2 > 0:
+        denominator += l2 * H
+    return H * _safe_ratio(A.copy(), denominator)
+
+
+def kl_block_step(
+    V,
+    M: np.ndarray,
+    W: np.ndarray,
+    H: np.ndarray,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    with_loss: bool = True,
+) -> tuple[np.ndarray, dict]:
+    """Update a W block; emit ``A = W'ᵀ(M∘V / W'H)``, ``C = W'ᵀM`` and W's penalty
+    terms, and with ``with_loss`` the loss terms of the incoming state over the
+    observed entries: ``vlogr``, ``v_sum``, ``wh_sum`` (= Σ M∘WH)."""
+    V = np.asarray(V)
+    k, n = H.shape
+    W_new = np.empty_like(W)
+    A = np.zeros((k, n), dtype=W.dtype)
+    C = np.zeros((k, n), dtype=W.dtype)
+    vlogr = v_sum = wh_sum = 0.0
+    for rows in _sub_blocks(V.shape[0], _row_bytes(V, k)):
+        Ms, Ws = M[rows], W[rows]
+        Vs = _zeroed(V[rows], Ms, W.dtype)
+        ratio, sum_wh = _kl_ratio(Vs, Ms, Ws, H)
+        if with_loss:
+            vlogr += _vlogr(Vs, ratio)
+            v_sum += float(Vs.sum(dtype=np.float64))
+            wh_sum += sum_wh
+        Wn = _kl_w_from_ratio(ratio, Ms, Ws, H, l1, l2)
+        W_new[rows] = Wn
+        A += Wn.T @ _kl_ratio(Vs, Ms, Wn, H)[0]
+        C += Wn.T @ Ms.astype(W.dtype)
+    partials = {"A": A, "C": C, **_w_terms(W_new, W if with_loss else None)}
+    if with_loss:
+        partials.update(vlogr=vlogr, v_sum=v_sum, wh_sum=wh_sum)
+    return W_new, partials
+
+
+def kl_h_update(
+    H: np.ndarray, A: np.ndarray, C: np.ndarray, l1: float = 0.0, l2: float = 0.0
+) -> np.ndarray:
+    """``H' = H ∘ A / (C + l1 + l2 H)``, then tiny entries set to 0 (as unmasked KL:
+    a zero entry of ``C`` counts as 1)."""
+    denominator = np.where(C == 0, 1.0, C).astype(H.dtype)
+    if l1 > 0:
+        denominator += l1
+    if l2 > 0:
+        denominator += l2 * H
+    H_new = H * _safe_ratio(A.copy(), denominator)
+    H_new[H_new < H_FLOOR] = 0.0
+    return H_new
+
+
+# --------------------------------------------------------------------------
+# Losses over the observed entries
+# --------------------------------------------------------------------------
+def frobenius_residual(V, M: np.ndarray, W: np.ndarray, H: np.ndarray) -> float:
+    """``||M∘(V - WH)||^2`` of one block."""
+    V = np.asarray(V)
+    total = 0.0
+    for rows in _sub_blocks(V.shape[0], _row_bytes(V)):
+        Ms = M[rows]
+        R = (_zeroed(V[rows], Ms, W.dtype) - Ms * (W[rows] @ H)).ravel()
+        total += float(np.dot(R, R))
+    return total
+
+
+def kl_loss_terms(V, M: np.ndarray, W: np.ndarray, H: np.ndarray) -> dict:
+    """``vlogr``, ``v_sum``, ``wh_sum`` of D(M∘V || M∘WH) for one block."""
+    V = np.asarray(V)
+    out = {"vlogr": 0.0, "v_sum": 0.0, "wh_sum": 0.0}
+    for rows in _sub_blocks(V.shape[0], _row_bytes(V, H.shape[0])):
+        Ms = M[rows]
+        Vs = _zeroed(V[rows], Ms, W.dtype)
+        ratio, wh_sum = _kl_ratio(Vs, Ms, W[rows], H)
+        out["vlogr"] += _vlogr(Vs, ratio)
+        out["v_sum"] += float(Vs.sum(dtype=np.float64))
+        out["wh_sum"] += wh_sum
+    return out
+
+
+def kl_divergence(terms: dict) -> float:
+    """``sum_M V log(V / WH) - V + WH`` from :func:`kl_loss_terms`-style sums."""
+    return max(terms["vlogr"] - terms["v_sum"] + terms["wh_sum"], 0.0)
+
+
+# --------------------------------------------------------------------------
+# Statistics of the observed entries
+# --------------------------------------------------------------------------
+def block_stats(V, fill: float | None = None) -> dict:
+    """:func:`dask_nmf.kernels.block_stats` over the observed entries of a dense block.
+
+    Adds ``observed`` (their count), ``size`` (the block's entries) and, for
+    filling V where the initialization needs all of it, ``col_sum`` and
+    ``col_count`` (per column, float64).  ``finite``: every observed entry is
+    finite (an infinite value is not a missing one).
+    """
+    if hasattr(V, "tocsr") or hasattr(V, "to_scipy_sparse"):
+        raise TypeError("masked statistics take dense blocks")
+    V0, M = observed(V, fill)
+    n = V0.shape[1] if V0.ndim == 2 else 0
+    count = int(M.sum())
+    out = {
+        "observed": count,
+        "size": int(M.size),
+        "col_sum": np.zeros(n),
+        "col_count": M.sum(axis=0, dtype=np.float64) if M.size else np.zeros(n),
+    }
+    if count == 0:
+        return dict(out, min=np.inf, max=-np.inf, finite=True, sum=0.0, sumsq=0.0)
+    values = V0[M]
+    finite = bool(np.isfinite(values).all())
+    kept = values[np.isfinite(values)] if not finite else values
+    v64 = values.astype(np.float64, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sumsq = float(np.dot(v64, v64)) if finite else np.nan
+        out["col_sum"] = V0.sum(axis=0, dtype=np.float64)
+    return dict(
+        out,
+        min=float(kept.min()) if kept.size else np.inf,
+        max=float(kept.max()) if kept.size else -np.inf,
+        finite=finite,
+        sum=float(v64.sum()),
+        sumsq=sumsq,
+    )
+
+
+def fill_columns(V, col_means: np.ndarray, fill: float | None = None) -> np.ndarray:
+    """V with each missing entry replaced by its column's mean (for the NNDSVD's SVD)."""
+    V0, M = observed(V, fill)
+    return np.where(M, V0, np.asarray(col_means, dtype=V0.dtype)[None, :])
