@@ -11,9 +11,12 @@ from .driver import factorize
 from .io import InputError
 from .loop import FitError
 from .persistence import NMFResult, load
+from .rank import RankSelection, select_rank
 
 __all__ = [
     "factorize",
+    "select_rank",
+    "RankSelection",
     "load",
     "NMFResult",
     "InputError",

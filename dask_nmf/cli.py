@@ -487,6 +487,11 @@ def _norm2(path: str) -> float:
     return float((V**2).sum().compute())
 
 
+from .cli_rank import rank  # noqa: E402  (a command of its own module)
+
+cli.add_command(rank)
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point of the ``dask-nmf`` console script."""
     try:

@@ -55,6 +55,23 @@ class _Masked(Solver):
     def _fixed_H(self, V: Any, H: np.ndarray) -> np.ndarray:
         return mask_of(V, self.fill)
 
+    def block_step(self, V: Any, W: np.ndarray, state: tuple, with_loss: bool) -> tuple:
+        return self.masked_step(V, mask_of(V, self.fill), W, state, with_loss)
+
+    def loss_terms(self, V: Any, W: np.ndarray, H: np.ndarray) -> dict:
+        return self.masked_loss_terms(V, mask_of(V, self.fill), W, H)
+
+    def masked_step(
+        self, V: Any, M: np.ndarray, W: np.ndarray, state: tuple, with_loss: bool
+    ) -> tuple:
+        """:meth:`block_step` with the block's mask given (True = fitted): what
+        :mod:`dask_nmf.solvers.stacked` calls with its held-out entries removed."""
+        raise NotImplementedError
+
+    def masked_loss_terms(self, V: Any, M: np.ndarray, W: np.ndarray, H: np.ndarray) -> dict:
+        """:meth:`loss_terms` over the entries ``M`` selects."""
+        raise NotImplementedError
+
 
 class MaskedFrobeniusMU(_Masked):
     """Weighted MU for ``0.5 * ||M ∘ (V - WH)||^2``."""
@@ -64,8 +81,9 @@ class MaskedFrobeniusMU(_Masked):
     beta: ClassVar[float] = 2.0
     losses_every_pass: ClassVar[bool] = True
 
-    def block_step(self, V: Any, W: np.ndarray, state: tuple, with_loss: bool) -> tuple:
-        M = mask_of(V, self.fill)
+    def masked_step(
+        self, V: Any, M: np.ndarray, W: np.ndarray, state: tuple, with_loss: bool
+    ) -> tuple:
         return km.frobenius_block_step(V, M, W, state[0], self.reg.l1_W, self.reg.l2_W)
 
     def next_state(self, state: tuple, sums: dict) -> tuple:
@@ -83,8 +101,8 @@ class MaskedFrobeniusMU(_Masked):
             self._problem(before, True, 0.0, H_next),
         )
 
-    def loss_terms(self, V: Any, W: np.ndarray, H: np.ndarray) -> dict:
-        return {"r": km.frobenius_residual(V, mask_of(V, self.fill), W, H)}
+    def masked_loss_terms(self, V: Any, M: np.ndarray, W: np.ndarray, H: np.ndarray) -> dict:
+        return {"r": km.frobenius_residual(V, M, W, H)}
 
     def loss_from_terms(self, sums: dict, H: np.ndarray) -> float:
         return 0.5 * float(sums["r"])
@@ -107,8 +125,9 @@ class MaskedKullbackLeiblerMU(_Masked):
     beta: ClassVar[float] = 1.0
     losses_every_pass: ClassVar[bool] = False
 
-    def block_step(self, V: Any, W: np.ndarray, state: tuple, with_loss: bool) -> tuple:
-        M = mask_of(V, self.fill)
+    def masked_step(
+        self, V: Any, M: np.ndarray, W: np.ndarray, state: tuple, with_loss: bool
+    ) -> tuple:
         return km.kl_block_step(V, M, W, state[0], self.reg.l1_W, self.reg.l2_W, with_loss)
 
     def next_state(self, state: tuple, sums: dict) -> tuple:
@@ -137,8 +156,8 @@ class MaskedKullbackLeiblerMU(_Masked):
             problem,
         )
 
-    def loss_terms(self, V: Any, W: np.ndarray, H: np.ndarray) -> dict:
-        return km.kl_loss_terms(V, mask_of(V, self.fill), W, H)
+    def masked_loss_terms(self, V: Any, M: np.ndarray, W: np.ndarray, H: np.ndarray) -> dict:
+        return km.kl_loss_terms(V, M, W, H)
 
     def loss_from_terms(self, sums: dict, H: np.ndarray) -> float:
         return km.kl_divergence(sums)
