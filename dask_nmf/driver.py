@@ -364,7 +364,7 @@ def fit(
             it = Iterate(W_h, H, t, losses, carry=carry)
         else:
             W_src, H = custom or initialize(
-                init, Vin, k, stats, options.random_state, runner, reader
+                init, Vin, k, stats, options.random_state, runner, reader, sources
             )
             it = Iterate(runner.place(W_src), H, 0)
             if checkpoints is not None:

@@ -126,7 +126,7 @@ def _nndsvd_w_block(
     return W
 
 
-def _svd_input(V: InputMatrix, reader: BlockReader | None) -> da.Array:
+def _svd_input(V: InputMatrix, reader: BlockReader | None, placed: list | None = None) -> da.Array:
     """V as the randomized SVD reads it.
 
     Re-read from a dense zarr store, V comes in pieces of at most half a block,
@@ -134,12 +134,13 @@ def _svd_input(V: InputMatrix, reader: BlockReader | None) -> da.Array:
     several pieces per worker thread at its peak (about six), so pieces smaller
     than blocks let blocks be larger for the same peak memory.  Pieces are whole
     stored chunks where a block holds two or more; otherwise they split chunks,
-    which are then decoded twice, in these few passes only.
+    which are then decoded twice, in these few passes only.  ``placed``: an
+    in-memory V's blocks on the cluster (see :func:`as_dask_array`).
     """
     import zarr
 
     if reader is None or not isinstance(reader.array, zarr.Array):
-        return as_dask_array(V)
+        return as_dask_array(V, placed)
     chunk, half = reader.array.chunks[0], max(1, V.block_rows // 2)
     piece = half // chunk * chunk or half
     m, n = V.shape
@@ -155,6 +156,7 @@ def nndsvd_init(
     random_state: Any,
     runner: Any = None,
     reader: BlockReader | None = None,
+    placed: list | None = None,
 ):
     """NNDSVD (Boutsidis & Gallopoulos) from an out-of-core randomized SVD.
 
@@ -164,12 +166,12 @@ def nndsvd_init(
     ``runner`` (the driver's, with ``persist`` and ``compute``; default: dask's
     own functions) keeps the m x k left singular vectors on the cluster while
     W is made.  ``reader``: V's zarr store when V is re-read from it every
-    pass (see :func:`_svd_input`).
+    pass, ``placed`` an in-memory V's blocks on the cluster (see :func:`_svd_input`).
     """
     from sklearn.utils import check_random_state  # (scikit-learn is slow to import)
 
     rng = check_random_state(random_state)
-    Vd = _svd_input(V, reader)
+    Vd = _svd_input(V, reader, placed)
     if Vd.dtype != np.float64:
         # The SVD runs in float64 whatever V's dtype, block by block as it is
         # read (still out of core): float32 power iterations alone put the
@@ -283,9 +285,12 @@ def plan_start(options: Any, Vin: InputMatrix, W_init: Any, H_init: Any, resume:
     return init, custom
 
 
-def initialize(init, Vin, k, stats, random_state, runner, reader=None):
-    """``(W, H)`` of the initialization ``init`` (a resolved name, not "custom")."""
+def initialize(init, Vin, k, stats, random_state, runner, reader=None, placed=None):
+    """``(W, H)`` of the initialization ``init`` (a resolved name, not "custom").
+
+    ``placed``: the handles of an in-memory V's blocks on the cluster.
+    """
     mean = stats["sum"] / (Vin.shape[0] * Vin.shape[1])
     if init == "random":
         return random_init(Vin, k, mean, random_state)
-    return nndsvd_init(Vin, k, mean, init, random_state, runner, reader)
+    return nndsvd_init(Vin, k, mean, init, random_state, runner, reader, placed)
