@@ -11,6 +11,7 @@ written.
 - :mod:`.blocks`: block sizing and bounds, blocks as dask arrays or sources
 - :mod:`.reader`: reading a zarr store's blocks inside the tasks (fused decoding)
 - :mod:`.csr`: CSR stores
+- :mod:`.anndata`: AnnData stores (which matrix is V; obs/var names as labels)
 - :mod:`.xarray_inputs`: xarray in and labelled results out
 """
 
