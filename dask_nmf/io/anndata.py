@@ -14,6 +14,7 @@ import importlib.util
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import zarr
 
 from .matrix import InputError
@@ -43,9 +44,7 @@ def anndata_matrix(root: zarr.Group, path: Any, array: str | None) -> str:
                 f"the AnnData store {path!r} has no X; say which matrix to use with "
                 f"array= (--array): it has {choices or 'no matrices'}"
             )
-        raise InputError(
-            f"the AnnData store {path!r} has no {name!r}; its matrices are {choices}"
-        )
+        raise InputError(f"the AnnData store {path!r} has no {name!r}; its matrices are {choices}")
     node = root[name]
     if isinstance(node, zarr.Group) and node.attrs.get("encoding-type") == "csc_matrix":
         raise InputError(
@@ -83,6 +82,7 @@ def anndata_labels(root: zarr.Group, name: str, shape: tuple[int, int]) -> dict 
         "feature_dim": FEATURE_DIM,
         "sample_coords": {SAMPLE_DIM: obs},
         "feature_coords": {FEATURE_DIM: var},
+        "feature_index": pd.Index(var, name=FEATURE_DIM),
         "describe": {"anndata": name},
     }
 
