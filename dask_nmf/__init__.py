@@ -7,7 +7,7 @@ Kullback-Leibler costs, one pass over V per iteration, on a dask cluster.
 __version__ = "0.1.0"
 
 from .cluster import ClusterError
-from .driver import factorize
+from .driver import factorize, transform
 from .io import InputError
 from .loop import FitError
 from .persistence import NMFResult, load
@@ -17,6 +17,7 @@ __all__ = [
     "factorize",
     "select_rank",
     "RankSelection",
+    "transform",
     "load",
     "NMFResult",
     "InputError",

@@ -281,6 +281,9 @@ def fit(
 @click.option("--model", required=True, help="A result of `dask-nmf fit` (or NMF.save).")
 @click.option("-o", "--output", required=True, help="Zarr array to write W to.")
 @click.option("--array", "array_name", default=None, help="The array inside a zarr group.")
+@click.option("--variable", default=None, help="xarray: the variable of the zarr Dataset.")
+@click.option("--sample-dims", default=None, help="xarray: dims stacked into rows, e.g. y,x.")
+@click.option("--feature-dims", default=None, help="xarray: dims stacked into columns, as at fit.")
 @click.option("--block-rows", type=int, default=None)
 @click.option("--overwrite", is_flag=True)
 @with_cluster_options
@@ -290,6 +293,9 @@ def transform(
     model,
     output,
     array_name,
+    variable,
+    sample_dims,
+    feature_dims,
     block_rows,
     overwrite,
     scheduler,
@@ -310,7 +316,12 @@ def transform(
     check_cluster_options(scheduler, scheduler_file, n_workers, threads_per_worker, memory_limit)
     inputs = fail_on_input_errors(lambda: [*outputs.input_locations(input_), outputs.locate(model)])
     fail_on_input_errors(outputs.check_output, output, overwrite=overwrite, inputs=inputs)
-    fail_on_input_errors(driver.input_matrix, input_, block_rows, array=array_name)
+    xr_opts = {
+        "variable": variable,
+        "sample_dims": _split(sample_dims),
+        "feature_dims": _split(feature_dims),
+    }
+    fail_on_input_errors(driver.input_matrix, input_, block_rows, array=array_name, **xr_opts)
     meta = fail_on_input_errors(persistence.read_meta, model)
     _, H, _ = fail_on_input_errors(persistence.read_state, model)
     params = meta.get("params", {})
@@ -334,7 +345,9 @@ def transform(
             random_state=params.get("random_state"),
             # (a model fitted with a mask: the new rows' NaN are their missing entries)
             missing="nan" if params.get("missing") == "mask" else params.get("missing"),
+            **xr_opts,
         )
+        W = persistence._unlabelled(W)  # (the store keeps W's values only)
         claim = fail_on_input_errors(
             outputs.claim_output, output, overwrite=overwrite, inputs=inputs
         )

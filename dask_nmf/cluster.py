@@ -67,6 +67,20 @@ def resolve_client(client: Any = None):
         return None
 
 
+def _local_get():
+    """dask's local scheduler, for a :class:`Runner` without a client.
+
+    Not a default distributed client's ``get``: what a Runner without a client
+    computes is here in memory (V's blocks checked before anything is sent),
+    and a graph holding it would be shipped to the scheduler whole.
+    """
+    get = dask.base.get_scheduler()
+    owner = getattr(get, "__self__", None)
+    if get is None or type(owner).__module__.startswith("distributed"):
+        return dask.threaded.get
+    return get
+
+
 class Runner:
     """Submits graphs to a distributed client, or runs them on dask's local scheduler.
 
@@ -294,7 +308,7 @@ class Runner:
                 if failed:
                     self._results(failed[:1])  # raises the task's error
         else:
-            values = dask.compute(*objs)
+            values = dask.compute(*objs, scheduler=_local_get())
             value = values[-1] if reduced is not None else None
             handles = list(values[: len(blocks)])
         return handles, value
@@ -316,8 +330,7 @@ class Runner:
                 # fifo_timeout=0: every pass is a new "generation", so the tail of
                 # pass t (its sums, H, losses) runs before pass t + 1's blocks.
                 return list(self.client.get(dsk, keys, sync=False, fifo_timeout=0))
-        get = dask.base.get_scheduler() or dask.threaded.get
-        return list(get(dsk, keys))
+        return list(_local_get()(dsk, keys))
 
     def value(self, x: Any) -> Any:
         """The value behind a handle from :meth:`submit_graph` (waits for a future)."""
@@ -333,12 +346,12 @@ class Runner:
     def compute(self, *objs):
         if self.distributed:
             return tuple(self._results(self.client.compute(list(objs))))
-        return dask.compute(*objs)
+        return dask.compute(*objs, scheduler=_local_get())
 
     def persist(self, *collections):
         if self.distributed:
             return tuple(self.client.persist(list(collections)))
-        return dask.persist(*collections)
+        return dask.persist(*collections, scheduler=_local_get())
 
     def place(self, arrays: list) -> list:
         """Handles for in-memory arrays (scattered once to the cluster)."""

@@ -41,7 +41,9 @@ from .io import (
     InputError,
     InputMatrix,
     block_sources,
+    check_features,
     check_stats,
+    default_feature_dims,
     label_results,
     open_input,
 )
@@ -380,7 +382,15 @@ def fit(
             it = Iterate(W_h, H, t, losses, carry=carry)
         else:
             W_src, H = custom or initialize(
-                init, Vin, k, stats, options.random_state, runner, reader, options.missing
+                init,
+                Vin,
+                k,
+                stats,
+                options.random_state,
+                runner,
+                reader,
+                missing=options.missing,
+                placed=sources,
             )
             it = Iterate(runner.place(W_src), H, 0)
             if checkpoints is not None:
@@ -484,7 +494,10 @@ def transform(
     shuffle: bool = False,
     random_state: Any = None,
     missing: Any = None,
-) -> da.Array:
+    variable: str | None = None,
+    sample_dims: Any = None,
+    feature_dims: Any = None,
+) -> Any:
     """W for the rows of V with H fixed: the solver on W alone, each row block on its own.
 
     ``shuffle`` and ``random_state``: for solvers that update coordinates in
@@ -494,11 +507,32 @@ def transform(
     No reduction runs between the blocks (apart from the one validation pass
     that also gives the mean of V, from which W starts, as in scikit-learn).
 
+    Parameters
+    ----------
+    V : str, os.PathLike, zarr.Array, dask.array.Array, numpy.ndarray or xarray object
+        The rows to transform, with H's features; as in :func:`factorize`.
+    H : numpy.ndarray or xarray.DataArray
+        The fixed k x n factor, e.g. a fit's ``res.H`` (labelled for xarray V).
+    beta_loss, solver, max_iter, tol, alpha_W, l1_ratio : optional
+        The fit's settings (see :func:`factorize`); ``tol`` and ``max_iter``
+        bound each block's solve.
+    block_rows, client, storage_options, array : optional
+        As in :func:`factorize`.
+    shuffle, random_state : optional
+        For solvers that update coordinates in turn (as in :func:`factorize`).
+    variable, sample_dims, feature_dims : optional
+        For xarray V, as in :func:`factorize`.  Given a labelled H (a fit's
+        ``res.H``), ``feature_dims`` defaults to the dimensions its columns
+        stand for, and V's feature coordinates must equal H's.
+
     Returns
     -------
-    dask.array.Array
-        Lazy, m x k, chunked by V's row blocks.
+    dask.array.Array or xarray.DataArray
+        Lazy, m x k, chunked by V's row blocks; for xarray V (or an AnnData
+        store), a DataArray labelled with V's sample coordinates.
     """
+    H_labelled = H
+    feature_dims = default_feature_dims(V, H, variable, sample_dims, feature_dims)
     H = np.asarray(H)
     k, n = H.shape
     # The fit's options, checked as a fit's are (H is fixed: no penalty on it).
@@ -524,7 +558,11 @@ def transform(
         dtype=H.dtype,
         storage_options=storage_options,
         parallelism=runner.parallelism,
+        variable=variable,
+        sample_dims=sample_dims,
+        feature_dims=feature_dims,
     )
+    check_features(Vin.labels, H_labelled)
     if Vin.shape[1] != n:
         raise InputError(f"V has {Vin.shape[1]} columns but the model has {n} features")
     check_missing_input(Vin, options.missing)

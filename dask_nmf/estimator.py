@@ -23,7 +23,7 @@ from sklearn.utils.validation import (
 
 from . import driver
 from .cluster import Runner, resolve_client
-from .io import InputError
+from .io import InputError, default_feature_dims, feature_dims_of
 from .options import INITS, FitOptions
 from .persistence import load
 from .sklearn_compat import (
@@ -252,7 +252,17 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if hasattr(self, "feature_names_in_"):
             del self.feature_names_in_
 
-    def fit_transform(self, X: Any, y: Any = None, W: Any = None, H: Any = None):
+    def fit_transform(
+        self,
+        X: Any,
+        y: Any = None,
+        W: Any = None,
+        H: Any = None,
+        *,
+        variable: str | None = None,
+        sample_dims: Any = None,
+        feature_dims: Any = None,
+    ):
         """Learn the factorization of X and return W.
 
         Parameters
@@ -268,10 +278,14 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             Starting W when ``init="custom"``, of X's (converted) dtype.
         H : array-like of shape (n_components, n_features), optional
             Starting H when ``init="custom"``, of X's (converted) dtype.
+        variable, sample_dims, feature_dims : optional
+            For xarray X (an N-d DataArray, a Dataset): the variable, and the
+            dimensions stacked into samples and features, as in
+            :func:`dask_nmf.factorize`.
 
         Returns
         -------
-        W : ndarray (in-memory X) or dask.array.Array (otherwise)
+        W : ndarray (in-memory X), xarray.DataArray (xarray X) or dask.array.Array (otherwise)
             The transformed data, of shape (n_samples, n_components).
 
         Raises
@@ -284,13 +298,14 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             When custom W or H has another dtype than X (a ``TypeError``).
         """
         self._check_parameters()
+        labelled = dict(variable=variable, sample_dims=sample_dims, feature_dims=feature_dims)
         if sklearn_input(X):
             X = self._validated(X)
             if self.missing is None:  # (else checked on the observed entries only)
                 sk_checked(check_non_negative, X, "NMF (input X)")
             shape, dtype = X.shape, np.dtype(X.dtype)
         else:
-            Vin = driver.input_matrix(X, self.block_rows)
+            Vin = driver.input_matrix(X, self.block_rows, **labelled)
             shape, dtype = Vin.shape, Vin.dtype
             self._drop_feature_names()
             self.n_features_in_ = shape[1]
@@ -334,6 +349,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             block_rows=self.block_rows,
             verbose=bool(self.verbose),
             keep_in_memory=self.keep_in_memory,
+            **labelled,
         )
         if not res.converged and self.tol > 0:
             warnings.warn(
@@ -360,7 +376,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         y : ignored
             Not used, present for API consistency.
         **params
-            ``W`` and ``H`` for ``init="custom"``.
+            ``W`` and ``H`` for ``init="custom"``; ``variable``, ``sample_dims``,
+            ``feature_dims`` for xarray X (see :meth:`fit_transform`).
 
         Returns
         -------
@@ -370,7 +387,14 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.fit_transform(X, **params)
         return self
 
-    def transform(self, X: Any):
+    def transform(
+        self,
+        X: Any,
+        *,
+        variable: str | None = None,
+        sample_dims: Any = None,
+        feature_dims: Any = None,
+    ):
         """W for the rows of X with ``components_`` fixed (row-local MU, no reduction).
 
         Parameters
@@ -378,10 +402,14 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         X : array-like, sparse matrix, dask array, zarr array or path of shape (n_samples, n_features)
             Non-negative data with the features (and column names) seen in
             ``fit``, whose dtype, converted as in ``fit``, is that of ``components_``.
+        variable, sample_dims, feature_dims : optional
+            For xarray X, as in :meth:`fit_transform`.  After a fit on xarray
+            data, ``feature_dims`` defaults to the fit's, and X's feature
+            coordinates must equal the fit's.
 
         Returns
         -------
-        W : ndarray (in-memory X) or dask.array.Array (otherwise)
+        W : ndarray (in-memory X), xarray.DataArray (xarray X) or dask.array.Array (otherwise)
             Of shape (n_samples, n_components).
 
         Raises
@@ -393,18 +421,21 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             scikit-learn raises (a ``TypeError``).
         """
         check_is_fitted(self)
+        H = self._labelled_components()
+        labelled = {}
         if sklearn_input(X):
             X = self._validated(X, reset=False, ensure_non_negative=self.missing is None)
             dtype = np.dtype(X.dtype)
         else:
-            Vin = driver.input_matrix(X, self.block_rows)
+            feature_dims = default_feature_dims(X, H, variable, sample_dims, feature_dims)
+            labelled = dict(variable=variable, sample_dims=sample_dims, feature_dims=feature_dims)
+            Vin = driver.input_matrix(X, self.block_rows, **labelled)
             if Vin.shape[1] != self.n_features_in_:
                 raise InputError(
                     f"X has {Vin.shape[1]} features, but NMF is expecting "
                     f"{self.n_features_in_} features as input."
                 )
             dtype = Vin.dtype
-        H = np.asarray(self.components_)
         if dtype != H.dtype:
             raise DtypeError(
                 f"H should have the same dtype as X. Got H.dtype = {H.dtype}. (The model was "
@@ -423,11 +454,20 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             shuffle=self.shuffle,
             random_state=self.random_state,
             missing=self.missing,
+            **labelled,
         )
         if not in_memory(X):
             return W
         with Runner(resolve_client(None)).blas_limits():
             return W.compute()
+
+    def _labelled_components(self):
+        """``components_``, with the fit's feature labels where it had some (xarray X)."""
+        H = np.asarray(self.components_)
+        fitted = getattr(getattr(self, "result_", None), "H", None)
+        if feature_dims_of(fitted) is not None and fitted.shape == H.shape:
+            return fitted.copy(data=H)
+        return H
 
     def inverse_transform(self, X: Any):
         """``X @ components_``: data back from W.

@@ -128,7 +128,7 @@ def _nndsvd_w_block(
     return W
 
 
-def _svd_input(V: InputMatrix, reader: BlockReader | None) -> da.Array:
+def _svd_input(V: InputMatrix, reader: BlockReader | None, placed: list | None = None) -> da.Array:
     """V as the randomized SVD reads it.
 
     Re-read from a dense zarr store, V comes in pieces of at most half a block,
@@ -136,12 +136,13 @@ def _svd_input(V: InputMatrix, reader: BlockReader | None) -> da.Array:
     several pieces per worker thread at its peak (about six), so pieces smaller
     than blocks let blocks be larger for the same peak memory.  Pieces are whole
     stored chunks where a block holds two or more; otherwise they split chunks,
-    which are then decoded twice, in these few passes only.
+    which are then decoded twice, in these few passes only.  ``placed``: an
+    in-memory V's blocks on the cluster (see :func:`as_dask_array`).
     """
     import zarr
 
     if reader is None or not isinstance(reader.array, zarr.Array):
-        return as_dask_array(V)
+        return as_dask_array(V, placed)
     chunk, half = reader.array.chunks[0], max(1, V.block_rows // 2)
     piece = half // chunk * chunk or half
     m, n = V.shape
@@ -158,6 +159,7 @@ def nndsvd_init(
     runner: Any = None,
     reader: BlockReader | None = None,
     fill: tuple | None = None,
+    placed: list | None = None,
 ):
     """NNDSVD (Boutsidis & Gallopoulos) from an out-of-core randomized SVD.
 
@@ -167,13 +169,14 @@ def nndsvd_init(
     ``runner`` (the driver's, with ``persist`` and ``compute``; default: dask's
     own functions) keeps the m x k left singular vectors on the cluster while
     W is made.  ``reader``: V's zarr store when V is re-read from it every
-    pass (see :func:`_svd_input`).  ``fill``: ``(column means, fill value or None)``
-    where V has missing entries: the SVD reads each as its column's mean.
+    pass, ``placed`` an in-memory V's blocks on the cluster (see :func:`_svd_input`).
+    ``fill``: ``(column means, fill value or None)`` where V has missing
+    entries: the SVD reads each as its column's mean.
     """
     from sklearn.utils import check_random_state  # (scikit-learn is slow to import)
 
     rng = check_random_state(random_state)
-    Vd = _svd_input(V, reader)
+    Vd = _svd_input(V, reader, placed)
     if fill is not None:
         means, value = fill
         dtype = np.float64 if Vd.dtype != np.float32 else np.float32
@@ -291,12 +294,13 @@ def plan_start(options: Any, Vin: InputMatrix, W_init: Any, H_init: Any, resume:
     return init, custom
 
 
-def initialize(init, Vin, k, stats, random_state, runner, reader=None, missing=None):
+def initialize(init, Vin, k, stats, random_state, runner, reader=None, missing=None, placed=None):
     """``(W, H)`` of the initialization ``init`` (a resolved name, not "custom").
 
     With missing entries (``missing``, and ``stats`` of the observed ones): the
     mean is that of the observed entries, and the NNDSVD's SVD reads V with
-    each missing entry replaced by its column's observed mean.
+    each missing entry replaced by its column's observed mean.  ``placed``: the
+    handles of an in-memory V's blocks on the cluster.
     """
     mean = stats["sum"] / stats.get("observed", Vin.shape[0] * Vin.shape[1])
     if init == "random":
@@ -304,4 +308,4 @@ def initialize(init, Vin, k, stats, random_state, runner, reader=None, missing=N
     fill = None
     if missing is not None and stats.get("observed", 0) < stats.get("size", 0):
         fill = (column_means(stats), fill_value(missing))
-    return nndsvd_init(Vin, k, mean, init, random_state, runner, reader, fill)
+    return nndsvd_init(Vin, k, mean, init, random_state, runner, reader, fill=fill, placed=placed)

@@ -6,9 +6,10 @@ import glob
 import tempfile
 import warnings
 
+import dask
 import numpy as np
 import pytest
-from conftest import write_zarr
+from conftest import make_low_rank, write_zarr
 from distributed import Client, Future
 from sklearn.decomposition import NMF as SkNMF
 
@@ -141,6 +142,31 @@ def test_cluster_and_threaded_agree(cluster_client, V_small):
     np.testing.assert_allclose(
         cluster_client.compute(on_cluster.W, sync=True), local.W.compute(), rtol=1e-8
     )
+
+
+@pytest.mark.parametrize("init", ["nndsvda", "random"])
+def test_numpy_V_is_scattered_once_not_sent_in_graphs(cluster_client, rng, init):
+    """A NumPy V goes to the workers once, in row blocks: no graph (validation,
+    the NNDSVD's SVD passes, the iterations, the estimator's transform) carries
+    its values.  dask's own measure of each graph's pickled size says so."""
+    V = make_low_rank(rng, 4000, 100, 5)  # 3.2 MB, blocks of 0.8 MB
+    kw = dict(init=init, random_state=0, max_iter=12, tol=0, block_rows=1000)
+    with (
+        dask.config.set({"distributed.admin.large-graph-warning-threshold": "256KiB"}),
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings("error", message="Sending large graph")
+        on_cluster = dask_nmf.factorize(V, 5, client=cluster_client, **kw)
+        W_cluster = cluster_client.compute(on_cluster.W, sync=True)
+        with cluster_client.as_current():
+            est = dask_nmf.NMF(5, **kw)
+            W_est = est.fit_transform(V)
+            W_new = est.transform(V[:1500])
+    local = dask_nmf.factorize(V, 5, **kw)
+    np.testing.assert_allclose(on_cluster.H, local.H, rtol=1e-8)
+    np.testing.assert_allclose(W_cluster, local.W.compute(), rtol=1e-8)
+    np.testing.assert_allclose(W_est, W_cluster, rtol=1e-8)
+    assert W_new.shape == (1500, 5) and np.isfinite(W_new).all()
 
 
 def test_default_client_is_used_and_temp_store_removed(cluster_client, V_small):

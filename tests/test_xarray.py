@@ -154,3 +154,87 @@ def test_dataset_needs_a_variable(cube):
         dask_nmf.factorize(ds, 2, sample_dims=("y", "x"))
     with pytest.raises(InputError, match="no variable 'c'"):
         dask_nmf.factorize(ds, 2, variable="c", sample_dims=("y", "x"))
+
+
+def test_one_feature_dim_keeps_its_name_several_are_stacked(cube, rng):
+    res = dask_nmf.factorize(cube, 2, sample_dims=("y", "x"), init="random", max_iter=5)
+    assert res.H.dims == ("component", "band")
+    np.testing.assert_array_equal(res.H["band"], cube["band"])
+    assert res.W.dims == ("sample", "component")
+    # two feature dims: H's columns are a MultiIndex of them, unstacked back
+    pol = xr.concat([cube, 2 * cube], dim=xr.DataArray(["h", "v"], dims="pol", name="pol"))
+    res = dask_nmf.factorize(pol, 2, sample_dims=("y", "x"), init="random", max_iter=5)
+    assert res.H.dims == ("component", "feature")
+    spectra = res.H.unstack("feature")
+    assert spectra.dims == ("component", "pol", "band")
+    np.testing.assert_array_equal(spectra["pol"], ["h", "v"])
+
+
+@pytest.fixture
+def cube_later(cube, rng):
+    """Another scene of the same bands."""
+    return cube.copy(data=rng.random(cube.shape) * cube.values.mean())
+
+
+def test_estimator_transform_of_a_cube(cube, cube_later):
+    kw = dict(init="random", random_state=0, max_iter=30, tol=0, block_rows=14)
+    est = dask_nmf.NMF(3, **kw)
+    W_fit = est.fit_transform(cube, sample_dims=("y", "x"))
+    assert W_fit.unstack().dims == ("component", "y", "x")
+    W = est.transform(cube_later, sample_dims=("y", "x"))
+    assert isinstance(W, xr.DataArray) and W.unstack().dims == ("component", "y", "x")
+    np.testing.assert_array_equal(W.unstack()["x"], cube["x"])
+    # the same numbers as the plain matrix with the same H, and the fit's dims by default
+    plain = est.transform(cube_later.values.reshape(42, 9))
+    np.testing.assert_allclose(W.values, plain, rtol=1e-10)
+    np.testing.assert_allclose(est.transform(cube_later).values, plain, rtol=1e-10)
+    by_feature = est.transform(cube_later, feature_dims="band")
+    np.testing.assert_allclose(by_feature.values, plain, rtol=1e-10)
+
+
+def test_transform_function_with_a_labelled_H(cube, cube_later):
+    res = dask_nmf.factorize(cube, 3, sample_dims=("y", "x"), init="random", max_iter=20)
+    W = dask_nmf.transform(cube_later.transpose("band", "x", "y"), res.H, block_rows=14)
+    assert W.unstack().dims == ("component", "x", "y")
+    plain = dask_nmf.transform(
+        cube_later.transpose("x", "y", "band").values.reshape(42, 9), res.H.values, block_rows=14
+    )
+    np.testing.assert_allclose(W.values, plain.compute(), rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.assign_coords(band=c["band"] + 1.0), "coordinate differs from H's"),
+        (lambda c: c.isel(band=slice(None, None, -1)), "coordinate differs from H's"),
+        (lambda c: c.rename(band="wavelength"), "no dimension"),
+    ],
+)
+def test_transform_refuses_other_features(cube, change, message):
+    est = dask_nmf.NMF(2, init="random", max_iter=5, tol=0).fit(cube, sample_dims=("y", "x"))
+    with pytest.raises(InputError, match=message):
+        est.transform(change(cube))
+    with pytest.raises(InputError, match=message):
+        dask_nmf.transform(change(cube), est.result_.H)
+
+
+@pytest.mark.slow
+def test_cli_transform_of_a_cube(tmp_path, cube, cube_later):
+    path, later = str(tmp_path / "cube.zarr"), str(tmp_path / "later.zarr")
+    cube.to_dataset().to_zarr(path, consolidated=False)
+    cube_later.to_dataset().to_zarr(later, consolidated=False)
+    model, out = str(tmp_path / "model.zarr"), str(tmp_path / "W.zarr")
+    dims = ["--variable", "refl", "--sample-dims", "y,x", "--feature-dims", "band"]
+    common = ["-q", "--block-rows", "14", "--n-workers", "1"]
+    r = CliRunner().invoke(
+        cli,
+        ["fit", path, "-k", "3", "-o", model, "--init", "random", "--seed", "0"] + dims + common,
+    )
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["transform", later, "--model", model, "-o", out] + dims + common)
+    assert r.exit_code == 0, r.output
+    est = dask_nmf.NMF.load(model).set_params(block_rows=14)
+    expected = est.transform(cube_later.values.reshape(42, 9))
+    import zarr
+
+    np.testing.assert_allclose(zarr.open_array(out, mode="r")[...], expected, rtol=1e-10)

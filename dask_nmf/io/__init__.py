@@ -11,6 +11,7 @@ written.
 - :mod:`.blocks`: block sizing and bounds, blocks as dask arrays or sources
 - :mod:`.reader`: reading a zarr store's blocks inside the tasks (fused decoding)
 - :mod:`.csr`: CSR stores
+- :mod:`.anndata`: AnnData stores (which matrix is V; obs/var names as labels)
 - :mod:`.xarray_inputs`: xarray in and labelled results out
 """
 
@@ -26,7 +27,7 @@ from .csr import ZarrCSR, read_csr_rows
 from .matrix import InputError, InputMatrix, check_factor, check_stats
 from .opening import open_input, open_zarr_array
 from .reader import BlockReader, read_rows, read_rows_into, release_read_buffers, zarr_getter
-from .xarray_inputs import label_results
+from .xarray_inputs import check_features, default_feature_dims, feature_dims_of, label_results
 
 __all__ = [
     "MAX_BLOCKS",
@@ -37,8 +38,11 @@ __all__ = [
     "as_dask_array",
     "block_sources",
     "check_factor",
+    "check_features",
     "check_stats",
     "default_block_rows",
+    "default_feature_dims",
+    "feature_dims_of",
     "label_results",
     "open_input",
     "open_zarr_array",

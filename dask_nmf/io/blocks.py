@@ -108,15 +108,21 @@ def _check_block_sizes(
         )
 
 
-def as_dask_array(V: InputMatrix) -> da.Array:
-    """V as a dask array chunked by its row blocks (wrapping in-memory V once)."""
+def as_dask_array(V: InputMatrix, placed: list | None = None) -> da.Array:
+    """V as a dask array chunked by its row blocks.
+
+    An in-memory V is wrapped block by block; ``placed``: handles of those
+    blocks already on a cluster (``Runner.place``), which the graph then
+    refers to by key instead of carrying V's values to the scheduler again.
+    """
     if V.array is not None:
         return V.array
     meta = V.local[:0]
+    blocks = placed if placed is not None else block_sources(V)
     return da.concatenate(
         [
-            da.from_delayed(dask.delayed(block), block.shape, V.dtype, meta=meta)
-            for block in block_sources(V)
+            da.from_delayed(dask.delayed(block), (b - a, V.shape[1]), V.dtype, meta=meta)
+            for block, (a, b) in zip(blocks, V.bounds)
         ]
     )
 

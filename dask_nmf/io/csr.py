@@ -84,9 +84,9 @@ def _csr_group(node: zarr.Group, path: Any, group: str, storage_options) -> Zarr
     if kind is None:
         return None
     if kind != "csr_matrix":
-        raise InputError(
-            f"{path!r} holds a {kind}; row blocks need csr_matrix (convert it with .tocsr())"
-        )
+        what = f"{group!r} in {path!r}" if group else repr(path)
+        hint = " (convert it with .tocsr())" if kind.endswith("_matrix") else ""
+        raise InputError(f"{what} holds a {kind}; row blocks need a csr_matrix{hint}")
     where = f"the CSR store {path!r}" + (f" (group {group!r})" if group else "")
     try:
         shape = tuple(int(x) for x in node.attrs["shape"])

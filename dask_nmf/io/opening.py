@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import zarr
 from dask.utils import parse_bytes
 
+from .anndata import anndata_labels, anndata_matrix, is_anndata
 from .blocks import _check_block_sizes, default_block_rows, row_bounds, rows_array
 from .csr import ZarrCSR, _check_csr, _csr_group
 from .matrix import InputError, InputMatrix, _as_dtype, _float_dtype
@@ -27,8 +28,16 @@ def open_zarr_array(
     """Open a zarr array read-only from a path/URL (or a group and array name).
 
     A group in AnnData's CSR encoding (``encoding-type: csr_matrix``) is
-    returned as a :class:`ZarrCSR`.
+    returned as a :class:`ZarrCSR`; in an AnnData store (written by
+    ``anndata``), ``array`` defaults to ``X``.
     """
+    return _open_zarr(path, array, storage_options)[0]
+
+
+def _open_zarr(
+    path: Any, array: str | None, storage_options: dict | None
+) -> tuple[zarr.Array | ZarrCSR, dict | None]:
+    """:func:`open_zarr_array`, and the labels of an AnnData store's matrix (or None)."""
     if isinstance(path, (str, os.PathLike)):
         spath = os.fspath(path)
         if "://" not in spath and not os.path.exists(spath):
@@ -43,12 +52,16 @@ def open_zarr_array(
         not isinstance(array, str) or array.strip("/") == "" or ".." in array.split("/")
     ):
         raise InputError(f"array= must name an array inside the zarr group; got {array!r}")
-    if isinstance(node, zarr.Group):
+    root, labels = node, None
+    if is_anndata(node):
+        array = anndata_matrix(node, path, array)
+    elif isinstance(node, zarr.Group):
         csr = _csr_group(node, path, "", storage_options)
         if csr is not None:
             if array is not None:
                 raise InputError(f"{path!r} is a CSR matrix; it has no array {array!r}")
-            return csr
+            return csr, None
+    if isinstance(node, zarr.Group):
         if array is None:
             names = sorted(node.array_keys())
             if len(names) == 1:
@@ -64,13 +77,14 @@ def open_zarr_array(
                 f"the zarr group {path!r} has no array {array!r} (it has {sorted(node.array_keys())})"
             ) from None
         if isinstance(node, zarr.Group):
-            csr = _csr_group(node, path, array, storage_options)
-            if csr is None:
+            node = _csr_group(node, path, array, storage_options)
+            if node is None:
                 raise InputError(f"{array!r} in {path!r} is a group, not an array")
-            return csr
+        if is_anndata(root) and len(node.shape) == 2:
+            labels = anndata_labels(root, array, tuple(node.shape))
     elif array is not None:
         raise InputError(f"{path!r} is a zarr array, not a group; it has no array {array!r}")
-    return node
+    return node, labels
 
 
 def _is_sparse_array(V: Any) -> bool:
@@ -131,7 +145,9 @@ def open_input(
         raise InputError("variable=, sample_dims= and feature_dims= apply to xarray input only")
     if isinstance(V, (str, os.PathLike)):
         source = {"kind": "zarr", "path": os.fspath(V), "array": array}
-        V = open_zarr_array(V, array, storage_options)
+        V, labels = _open_zarr(V, array, storage_options)
+        if labels is not None:
+            source.update(labels["describe"])
     elif array is not None:
         raise InputError("array= only applies when V is a path to a zarr group")
 

@@ -75,17 +75,18 @@ def _from_xarray(V: Any, variable, sample_dims, feature_dims):
         raise InputError(
             f"sample_dims {samples} and feature_dims {features} must split V's dims {V.dims}"
         )
-    if len(samples) == 1 and len(features) == 1:
-        sdim, fdim = samples[0], features[0]
-        V2 = V.transpose(sdim, fdim)
-    else:
-        sdim, fdim = "sample", "feature"
-        V2 = V.stack(sample=samples, feature=features).transpose(sdim, fdim)
+    # A side of one dimension keeps its name and coordinate; several are stacked
+    # into "sample" or "feature", a MultiIndex whose levels are those dimensions.
+    sdim = samples[0] if len(samples) == 1 else "sample"
+    fdim = features[0] if len(features) == 1 else "feature"
+    stacks = {d: dims for d, dims in ((sdim, samples), (fdim, features)) if len(dims) > 1}
+    V2 = (V.stack(stacks) if stacks else V).transpose(sdim, fdim)
     labels = {
         "sample_dim": sdim,
         "feature_dim": fdim,
         "sample_coords": V2[sdim].coords,
         "feature_coords": V2[fdim].coords,
+        "feature_index": V2.indexes.get(fdim),
         "describe": {
             "xarray_name": V.name if isinstance(V.name, str) else None,
             "sample_dims": list(samples),
@@ -93,6 +94,46 @@ def _from_xarray(V: Any, variable, sample_dims, feature_dims):
         },
     }
     return V2.data, labels
+
+
+def feature_dims_of(H: Any) -> tuple | None:
+    """The dimensions of V that a labelled H's columns stand for, or None.
+
+    H's feature dimension, or the levels of its MultiIndex where several of V's
+    dimensions were stacked into it at fit.
+    """
+    if not _is_xarray(H) or H.ndim != 2:
+        return None
+    fdim = H.dims[1]
+    index = H.indexes.get(fdim)
+    names = getattr(index, "names", None)
+    return tuple(names) if names is not None and len(names) > 1 else (fdim,)
+
+
+def default_feature_dims(V: Any, H: Any, variable, sample_dims, feature_dims) -> Any:
+    """``feature_dims`` for a transform of xarray V by H: as given, else a labelled H's."""
+    if feature_dims is None and sample_dims is None and (_is_xarray(V) or variable is not None):
+        return feature_dims_of(H)  # (None for an unlabelled H)
+    return feature_dims
+
+
+def check_features(labels: dict | None, H: Any) -> None:
+    """Refuse V whose features are not a labelled H's (names, coordinates, order)."""
+    if labels is None or not _is_xarray(H):
+        return
+    fdim, theirs = labels["feature_dim"], labels.get("feature_index")
+    ours = H.indexes.get(H.dims[1])
+    if fdim != H.dims[1]:
+        raise InputError(
+            f"V's features are the dimension(s) {labels['describe'].get('feature_dims', [fdim])} "
+            f"but H's "
+            f"are {list(feature_dims_of(H))}: pass feature_dims= naming H's"
+        )
+    if ours is not None and theirs is not None and not ours.equals(theirs):
+        raise InputError(
+            f"V's {fdim!r} coordinate differs from H's (other values or another order); "
+            f"select H's features from V first, e.g. V.sel({fdim}=H[{fdim!r}])"
+        )
 
 
 def label_results(W: Any, H: np.ndarray, labels: dict | None):
