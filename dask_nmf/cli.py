@@ -29,7 +29,7 @@ from .cli_session import (
     fail_on_input_errors,
     with_cluster_options,
 )
-from .solvers import BETA_LOSSES, SOLVERS
+from .solvers import BETA_LOSSES, SOLVERS, solver_class
 
 
 class BetaLoss(click.ParamType):
@@ -216,7 +216,8 @@ def fit(
     with cluster_session(
         scheduler, n_workers, threads_per_worker, memory_limit, quiet, scheduler_file
     ) as client:
-        progress = Progress(max_iter, start, quiet)
+        rule = fit_options.algorithm.criterion_name
+        progress = Progress(max_iter, start, quiet, rule, tol)
         t0 = time.perf_counter()
         interrupts = Interrupts()
         try:
@@ -229,6 +230,7 @@ def fit(
                     block_rows=block_rows,
                     client=client,
                     callback=progress,
+                    on_criterion=progress.criterion,
                     checkpoint=output,
                     resume=resume,
                     overwrite=overwrite,
@@ -254,11 +256,11 @@ def fit(
         progress.close()
     if not quiet:
         click.echo(
-            f"{res.n_iter} iterations in {time.perf_counter() - t0:.1f} s, "
-            f"{'converged' if res.converged else 'stopped at --max-iter'}; "
+            f"{res.n_iter} iterations in {time.perf_counter() - t0:.1f} s; "
             f"loss {res.loss_history[0]:.6g} -> {res.loss_history[-1]:.6g}; "
             f"reconstruction error {res.reconstruction_err:.6g}; written to {output}"
         )
+        click.echo(f"stopped: {_cli_words(res.stop_reason)}")
 
 
 @cli.command()
@@ -409,7 +411,8 @@ def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
             click.echo(f"writing a {rows} x {cols} matrix of rank {k} (+ noise) to {data}")
             make_low_rank_store(data, rows, cols, k, attributes={"dask_nmf_demo": recipe})
         with cluster_session(None, 2, 1, "auto", quiet) as client:
-            progress = Progress(max_iter, 0, quiet)
+            rule = solver_class("frobenius", "mu").criterion_name  # (factorize's defaults)
+            progress = Progress(max_iter, 0, quiet, rule, 1e-4)
             res = fail_on_input_errors(
                 driver.factorize,
                 data,
@@ -418,6 +421,7 @@ def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
                 random_state=0,
                 client=client,
                 callback=progress,
+                on_criterion=progress.criterion,
                 checkpoint=out,
                 overwrite=True,  # (only ever a dask_nmf result: see dask_nmf.outputs)
             )
@@ -432,6 +436,14 @@ def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
             f"{res.reconstruction_err / math.sqrt(2 * _norm2(data) / 2):.4f}; "
             + (f"result in {out}" if keep else "result discarded (pass -o DIR to keep it)")
         )
+        click.echo(f"stopped: {_cli_words(res.stop_reason)}")
+
+
+def _cli_words(reason: str | None) -> str:
+    """A stop reason in the options' names (--max-iter, --tol)."""
+    if reason is None:  # (a finished run read back)
+        return "finished earlier"
+    return reason.replace("max_iter", "--max-iter").replace(" tol", " --tol")
 
 
 def _demo_recipe(path: str) -> dict | None:

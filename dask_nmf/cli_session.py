@@ -180,15 +180,21 @@ def cluster_session(
 
 
 class Progress:
-    """A tqdm bar with the loss, its relative decrease, and an ETA.
+    """A tqdm bar with the loss, what the stopping rule tests, and an ETA.
 
-    The bar appears with the first iteration, so that errors found while V is
+    The bar shows the value the rule last compared with ``tol`` (``rule``:
+    its name, e.g. MU's decrease of the error over 10 iterations relative to
+    the initial error), not a per-iteration decrease the rule never looks at.
+    It appears with the first iteration, so that errors found while V is
     validated are printed on a line of their own.
     """
 
-    def __init__(self, max_iter: int, start: int, quiet: bool):
+    def __init__(
+        self, max_iter: int, start: int, quiet: bool, rule: str = "", tol: float = 0.0
+    ):
         self.quiet, self.max_iter, self.start = quiet, max_iter, start
-        self.last = None
+        self.rule, self.tol = rule, tol
+        self.loss_text = self.rule_text = ""
         self.bar = None
 
     def _ensure_bar(self):
@@ -203,10 +209,20 @@ class Progress:
             return
         bar = self._ensure_bar()
         if not math.isnan(loss):  # NaN: an iteration whose KL loss was skipped
-            rel = (self.last - loss) / self.last if self.last else math.nan
-            self.last = loss
-            bar.set_postfix_str(f"loss={loss:.6g} rel.decrease={rel:.2e}")
+            self.loss_text = f"loss={loss:.6g}"
+            self._postfix()
         bar.update(iteration - bar.n)
+
+    def criterion(self, iteration: int, value: float) -> None:
+        """The stopping rule's value at ``iteration`` (``on_criterion``)."""
+        if self.quiet:
+            return
+        self.rule_text = f"{self.rule}={value:.2e} (stops below tol={self.tol:g})"
+        self._ensure_bar()
+        self._postfix()
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix_str(" ".join(x for x in (self.loss_text, self.rule_text) if x))
 
     def log(self, message: str) -> None:
         if self.quiet:

@@ -79,6 +79,7 @@ def factorize(
     dtype: Any = None,
     storage_options: dict | None = None,
     on_checkpoint: Callable[[int, Any], Any] | None = None,
+    on_criterion: Callable[[int, float], Any] | None = None,
     variable: str | None = None,
     sample_dims: Any = None,
     feature_dims: Any = None,
@@ -155,6 +156,11 @@ def factorize(
         fsspec options for URLs of V and of the checkpoint.
     on_checkpoint : callable, optional
         ``on_checkpoint(iteration, path)`` after each complete checkpoint.
+    on_criterion : callable, optional
+        ``on_criterion(iteration, value)`` each time the stopping rule is
+        tested: the value it compares with ``tol`` (MU: the decrease of the
+        error over the last 10 iterations relative to the initial error; cd:
+        the violation relative to the first iteration's).
     variable, sample_dims, feature_dims : optional
         For xarray input (a DataArray, a Dataset, or a zarr store opened with
         xarray when one of these is given): the variable, and the dimensions
@@ -182,7 +188,7 @@ def factorize(
     -------
     NMFResult
         ``W`` (dask array, row blocks aligned with V's), ``H`` (NumPy),
-        ``loss_history``, ``n_iter``, ``converged``.
+        ``loss_history``, ``n_iter``, ``converged``, ``stop_reason``.
     """
     if init is None and W_init is not None and H_init is not None:
         init = "custom"
@@ -219,6 +225,7 @@ def factorize(
         dtype=dtype,
         storage_options=storage_options,
         on_checkpoint=on_checkpoint,
+        on_criterion=on_criterion,
         variable=variable,
         sample_dims=sample_dims,
         feature_dims=feature_dims,
@@ -243,6 +250,7 @@ def fit(
     dtype: Any = None,
     storage_options: dict | None = None,
     on_checkpoint: Callable[[int, Any], Any] | None = None,
+    on_criterion: Callable[[int, float], Any] | None = None,
     variable: str | None = None,
     sample_dims: Any = None,
     feature_dims: Any = None,
@@ -396,6 +404,7 @@ def fit(
             checkpoint_every=options.checkpoint_every,
             report=report,
             watch=CostWatch(solver, options.alpha_W, options.alpha_H),
+            on_criterion=on_criterion,
         )
         it = loop.run(it)
         if checkpoint is not None:
@@ -427,6 +436,7 @@ def fit(
         n_iter=it.t,
         converged=it.converged,
         beta_loss=solver.loss_name,
+        stop_reason=it.stop_reason,
         params=params,
         source=Vin.source,
     )

@@ -55,6 +55,10 @@ def test_fit_info_transform(tmp_path, store, address, V_small):
     assert r.exit_code == 0, r.output
     assert "checkpoint: iteration 10" in r.output and "checkpoint: iteration 20" in r.output
     assert "25 iterations" in r.output
+    # Why it stopped, with what the rule last saw (iteration 20's value) and what to change.
+    assert "decrease/err0=" in r.output  # the progress bar
+    assert "stopped: --max-iter reached (25 iterations) before --tol was met" in r.output
+    assert "at iteration 20" in r.output and "raise --max-iter" in r.output
     res = dask_nmf.load(out)
     direct = dask_nmf.factorize(
         V_small, 3, max_iter=25, random_state=0, block_rows=res.params["block_rows"]
@@ -281,4 +285,5 @@ def test_demo_runs_on_a_fresh_directory(tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert "loss never increased: True" in r.output
+    assert "stopped: --max-iter reached (20 iterations)" in r.output
     assert dask_nmf.load(tmp_path / "d" / "result.zarr").n_iter == 20
