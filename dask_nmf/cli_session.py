@@ -157,15 +157,14 @@ def cluster_session(
                 client.close(timeout=_connect_timeout())
             stack.close()
         return
-    with (
-        LocalCluster(
+    with _sigint_ignored():  # (inherited by the worker processes started now)
+        cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
             memory_limit=memory_limit,
             dashboard_address=":0",
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+        )
+    with cluster, Client(cluster) as client:
         if not quiet:
             link = cluster.dashboard_link
             click.echo(
@@ -177,6 +176,40 @@ def cluster_session(
             yield client
         except ClusterError as exc:
             raise Abort(str(exc)) from None
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C: the command says so in one line; the cluster's shutdown
+            # (tasks cancelled, connections closed mid-pass) is not news.
+            _silence_distributed()
+            with contextlib.suppress(Exception):  # (best effort: the workers may be gone)
+                client.run(_silence_distributed, on_error="ignore")
+            raise
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while the embedded cluster starts its worker processes.
+
+    A terminal sends Ctrl-C to its whole foreground process group, the workers
+    included: each would print its own ``KeyboardInterrupt`` traceback and the
+    scheduler its lost connections.  An ignored signal stays ignored in a child
+    process (Python then installs no ``KeyboardInterrupt`` handler), so the
+    workers leave Ctrl-C to this process, which closes them.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _silence_distributed() -> None:
+    import logging
+
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 class Progress:

@@ -243,6 +243,10 @@ def test_ctrl_c_leaves_a_resumable_store(tmp_path):
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 130, "".join(lines) + rest
     assert "--resume" in rest
+    # One line says so (after the progress bar's last state): no worker tracebacks,
+    # no scheduler warnings, though the signal went to the workers too (killpg).
+    said = [line for line in rest.splitlines() if line.strip()]
+    assert len(said) <= 3 and "Traceback" not in rest and "WARNING" not in rest, rest
     ck = dask_nmf.load(out)
     assert ck.n_iter >= 4
     r = subprocess.run(

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,27 +192,41 @@ def run_block(block: Block, workdir: Path) -> subprocess.CompletedProcess:
         argv = [sys.executable, str(script)]
     else:
         argv = ["bash", "-c", "set -eo pipefail\n" + block.code]
-    proc = subprocess.Popen(
-        argv,
-        cwd=workdir,
-        env=_environment(workdir),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # (its own process group: background `&` jobs included)
-    )
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{block.id} ran past {TIMEOUT} s:\n{out[-5000:]}")
-    finally:
-        try:  # what the block left running in the background (a scheduler, workers)
-            os.killpg(proc.pid, signal.SIGTERM)
+    log = workdir / "output.log"
+    with open(log, "w") as out:  # (a file: background jobs keep a pipe open after the block)
+        proc = subprocess.Popen(
+            argv,
+            cwd=workdir,
+            env=_environment(workdir),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # (its own process group: background `&` jobs included)
+        )
+        try:
+            proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"{block.id} ran past {TIMEOUT} s:\n{log.read_text()[-5000:]}")
+        finally:
+            _stop_group(proc.pid)
+    return subprocess.CompletedProcess(argv, proc.returncode, log.read_text(), "")
+
+
+def _stop_group(pgid: int) -> None:
+    """Stop what a block left running in the background (a scheduler, workers)."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(pgid, sig)
         except ProcessLookupError:
-            pass
-    return subprocess.CompletedProcess(argv, proc.returncode, out, "")
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
 
 
 @pytest.mark.parametrize("block", [_param(b) for b in BLOCKS])
