@@ -86,20 +86,57 @@ def cli() -> None:
     help="Frobenius: accelerated MU (several W and H updates per pass over INPUT).",
 )
 @click.option(
-    "--init", type=click.Choice(["random", "nndsvd", "nndsvda", "nndsvdar"]), default=None
+    "--init",
+    type=click.Choice(["random", "nndsvd", "nndsvda", "nndsvdar"]),
+    default=None,
+    show_default="nndsvda if K <= min(rows, columns), else random",
+    help="The starting W and H (as scikit-learn's; nndsvd* from a randomized SVD).",
 )
-@click.option("--max-iter", type=int, default=200, show_default=True)
-@click.option("--tol", type=float, default=1e-4, show_default=True)
+@click.option(
+    "--max-iter", type=int, default=200, show_default=True, help="At most this many iterations."
+)
+@click.option(
+    "--tol",
+    type=float,
+    default=1e-4,
+    show_default=True,
+    help="Stop when the rule's value (on the progress bar) is below it: MU, the decrease of "
+    "the error over 10 iterations relative to the initial error; cd, the violation relative "
+    "to the first iteration's. 0 runs all --max-iter.",
+)
 @click.option("--seed", type=int, default=None, help="Random seed (reproducible runs).")
-@click.option("--alpha-w", type=float, default=0.0, show_default=True)
-@click.option("--alpha-h", default="same", show_default=True)
-@click.option("--l1-ratio", type=float, default=0.0, show_default=True)
+@click.option(
+    "--alpha-w",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Regularization of W (scaled by the columns, as scikit-learn).",
+)
+@click.option(
+    "--alpha-h",
+    default="same",
+    show_default=True,
+    help="Regularization of H (scaled by the rows); 'same' as --alpha-w.",
+)
+@click.option(
+    "--l1-ratio",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="The L1 share of the regularization (0: L2 only, 1: L1 only).",
+)
 @click.option("--array", "array_name", default=None, help="The array inside a zarr group.")
 @click.option("--variable", default=None, help="xarray: the variable of the zarr Dataset.")
 @click.option("--sample-dims", default=None, help="xarray: dims stacked into rows, e.g. y,x.")
 @click.option("--feature-dims", default=None, help="xarray: dims stacked into columns, e.g. band.")
 @with_cluster_options
-@click.option("--checkpoint-every", type=int, default=10, show_default=True)
+@click.option(
+    "--checkpoint-every",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Iterations between checkpoints written to OUTPUT.",
+)
 @click.option(
     "--loss-every",
     type=int,
@@ -108,8 +145,20 @@ def cli() -> None:
 )
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in OUTPUT.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
-@click.option("--block-rows", type=int, default=None)
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
+@click.option(
+    "--block-rows",
+    type=int,
+    default=None,
+    show_default="from the workers' memory and dask's array.chunk-size",
+    help="Rows of INPUT per block (one task per block and pass).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float64"]),
+    default=None,
+    show_default="float32 for float32 INPUT, else float64",
+    help="Compute in this dtype.",
+)
 @click.option(
     "--keep-in-memory/--no-keep-in-memory",
     default=None,
@@ -150,6 +199,9 @@ def fit(
     quiet,
 ) -> None:
     """Factorize INPUT (a zarr store or URL) into W and H, written to OUTPUT.
+
+    INPUT is a zarr array, or a group with --array (an AnnData store's X);
+    for a .h5ad, .npy, .csv or .mtx file the error says how to convert it.
 
     OUTPUT must be absent or a dask_nmf result: --overwrite replaces only a
     dask_nmf result (never other files, never INPUT), and --resume on a
@@ -192,6 +244,7 @@ def fit(
         loss_every=loss_every,
         checkpoint_every=checkpoint_every,
     )
+    check_input_format(input_)
     fail_on_input_errors(
         driver.input_matrix, input_, block_rows, array=array_name, dtype=dtype, **xr_opts
     )
@@ -268,10 +321,16 @@ def fit(
 @click.option("--model", required=True, help="A result of `dask-nmf fit` (or NMF.save).")
 @click.option("-o", "--output", required=True, help="Zarr array to write W to.")
 @click.option("--array", "array_name", default=None, help="The array inside a zarr group.")
-@click.option("--block-rows", type=int, default=None)
-@click.option("--overwrite", is_flag=True)
+@click.option(
+    "--block-rows",
+    type=int,
+    default=None,
+    show_default="from the workers' memory and dask's array.chunk-size",
+    help="Rows of INPUT per block.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT written by dask_nmf.")
 @with_cluster_options
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True, help="No messages.")
 def transform(
     input_,
     model,
@@ -295,6 +354,7 @@ def transform(
     from . import driver, outputs, persistence
 
     check_cluster_options(scheduler, scheduler_file, n_workers, threads_per_worker, memory_limit)
+    check_input_format(input_)
     inputs = fail_on_input_errors(lambda: [*outputs.input_locations(input_), outputs.locate(model)])
     fail_on_input_errors(outputs.check_output, output, overwrite=overwrite, inputs=inputs)
     fail_on_input_errors(driver.input_matrix, input_, block_rows, array=array_name)
@@ -378,11 +438,11 @@ def info(path) -> None:
     default=None,
     help="Where to write the data and result (default: a temporary directory).",
 )
-@click.option("--rows", default=20_000, show_default=True)
-@click.option("--cols", default=500, show_default=True)
-@click.option("-k", "--n-components", "k", default=8, show_default=True)
-@click.option("--max-iter", default=100, show_default=True)
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("--rows", default=20_000, show_default=True, help="Rows of the generated matrix.")
+@click.option("--cols", default=500, show_default=True, help="Its columns.")
+@click.option("-k", "--n-components", "k", default=8, show_default=True, help="Its rank.")
+@click.option("--max-iter", default=100, show_default=True, help="At most this many iterations.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
     """Generate a dataset, factorize it on an embedded cluster, show the result."""
     import numpy as np
@@ -437,6 +497,35 @@ def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
             + (f"result in {out}" if keep else "result discarded (pass -o DIR to keep it)")
         )
         click.echo(f"stopped: {_cli_words(res.stop_reason)}")
+
+
+#: Files that are not zarr stores, and how to write one from each (out of core where it can be).
+CONVERSIONS = {
+    ".h5ad": "import anndata; anndata.read_h5ad('{src}').write_zarr('{dst}')",
+    ".npy": "import dask.array as da, numpy as np; "
+    "da.from_array(np.load('{src}', mmap_mode='r')).to_zarr('{dst}')",
+    ".npz": "import numpy as np, zarr; zarr.save_array('{dst}', np.load('{src}')['NAME'])",
+    ".csv": "import numpy as np, zarr; zarr.save_array('{dst}', np.loadtxt('{src}', delimiter=','))",
+    ".tsv": "import numpy as np, zarr; zarr.save_array('{dst}', np.loadtxt('{src}', delimiter='\\t'))",
+    ".mtx": "import scipy.io; from dask_nmf.datasets import write_csr_zarr; "
+    "write_csr_zarr('{dst}', scipy.io.mmread('{src}'))",
+}
+
+
+def check_input_format(path: str) -> None:
+    """Refuse a file of a format dask-nmf does not read, saying how to convert it."""
+    stem, ext = os.path.splitext(path.rstrip("/"))
+    ext = ext.lower()
+    if ext not in CONVERSIONS or os.path.isdir(path):
+        return
+    recipe = CONVERSIONS[ext].format(src=path, dst=f"{stem}.zarr")
+    then = f"then pass {stem}.zarr"
+    if ext == ".h5ad":
+        then += " with --array X (or a layer: --array layers/NAME)"
+    raise Abort(
+        f"{path} is a {ext} file; dask-nmf reads zarr stores. Convert it once with: "
+        f'python -c "{recipe}", {then}'
+    )
 
 
 def _cli_words(reason: str | None) -> str:

@@ -53,7 +53,7 @@ from .persistence import NMFResult
 
 def factorize(
     V: Any,
-    n_components: int,
+    n_components: int | str,
     *,
     beta_loss: str | float = "frobenius",
     solver: str = "mu",
@@ -95,8 +95,9 @@ def factorize(
         The m x n non-negative matrix: a zarr store (path or fsspec URL), a
         zarr array, a dask array or a NumPy array.  It is read in row blocks
         and never modified.
-    n_components : int
-        The rank k.
+    n_components : int or "auto"
+        The rank k; "auto" as in scikit-learn: the rank of ``W_init``/``H_init``
+        when given, else the number of columns of V.
     beta_loss : {"frobenius", "kullback-leibler", "itakura-saito"} or float
         The cost, a β-divergence: ``0.5 * ||V - WH||^2`` (2), the generalized
         KL divergence (1), Itakura-Saito (0) or any other real β (scikit-learn's
@@ -192,6 +193,17 @@ def factorize(
     """
     if init is None and W_init is not None and H_init is not None:
         init = "custom"
+    if isinstance(n_components, str) and n_components == "auto":
+        n_components = _auto_rank(
+            V,
+            W_init,
+            H_init,
+            array=array,
+            storage_options=storage_options,
+            variable=variable,
+            sample_dims=sample_dims,
+            feature_dims=feature_dims,
+        )
     options = FitOptions(
         n_components,
         beta_loss=beta_loss,
@@ -454,6 +466,16 @@ def _announce(verbose: bool, on_checkpoint: Callable | None) -> Callable[[int, A
             on_checkpoint(t, store)
 
     return saved
+
+
+def _auto_rank(V: Any, W_init: Any, H_init: Any, **open_kw: Any) -> int:
+    """scikit-learn's ``n_components="auto"``: the rank of the custom W or H,
+    else the number of features (V's columns)."""
+    if H_init is not None and np.ndim(H_init) == 2:
+        return int(np.shape(H_init)[0])
+    if W_init is not None and np.ndim(W_init) == 2:
+        return int(np.shape(W_init)[1])
+    return int(input_matrix(V, **{k: v for k, v in open_kw.items() if v is not None}).shape[1])
 
 
 def input_matrix(V: Any, block_rows: int | None = None, **kw) -> InputMatrix:
