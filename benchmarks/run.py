@@ -43,7 +43,9 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, help="columns of the main matrix (default 2000)")
     p.add_argument("--k", type=int, help="rank of the main case (default 32)")
     p.add_argument("--data-dir", help="where synthetic zarr stores are kept")
-    p.add_argument("--out", default=str(HERE / "results"), help="results directory")
+    p.add_argument("--out", default=None,
+                   help="results directory (default: a new benchmarks/results/runs/<time>; "
+                        "--out benchmarks/results replaces the committed results)")
     p.add_argument("--quiet-wait", type=float, default=60.0,
                    help="max seconds to wait for the machine to go idle before each timing (0: never, "
                         "and no re-runs of disturbed timings)")
@@ -53,6 +55,8 @@ def main(argv=None) -> int:
 
     import common
 
+    if args.out is None:
+        args.out = str(common.fresh_results_dir("quick" if args.quick else "full"))
     common.RESULTS = Path(args.out)
     common.QUIET_WAIT = args.quiet_wait
     common.QUIET_BUDGET = args.quiet_budget
