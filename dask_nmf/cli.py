@@ -25,6 +25,7 @@ from .cli_session import (
     Interrupts,
     Progress,
     check_cluster_options,
+    check_input_format,
     cluster_session,
     fail_on_input_errors,
     with_cluster_options,
@@ -497,35 +498,6 @@ def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
             + (f"result in {out}" if keep else "result discarded (pass -o DIR to keep it)")
         )
         click.echo(f"stopped: {_cli_words(res.stop_reason)}")
-
-
-#: Files that are not zarr stores, and how to write one from each (out of core where it can be).
-CONVERSIONS = {
-    ".h5ad": "import anndata; anndata.read_h5ad('{src}').write_zarr('{dst}')",
-    ".npy": "import dask.array as da, numpy as np; "
-    "da.from_array(np.load('{src}', mmap_mode='r')).to_zarr('{dst}')",
-    ".npz": "import numpy as np, zarr; zarr.save_array('{dst}', np.load('{src}')['NAME'])",
-    ".csv": "import numpy as np, zarr; zarr.save_array('{dst}', np.loadtxt('{src}', delimiter=','))",
-    ".tsv": "import numpy as np, zarr; zarr.save_array('{dst}', np.loadtxt('{src}', delimiter='\\t'))",
-    ".mtx": "import scipy.io; from dask_nmf.datasets import write_csr_zarr; "
-    "write_csr_zarr('{dst}', scipy.io.mmread('{src}'))",
-}
-
-
-def check_input_format(path: str) -> None:
-    """Refuse a file of a format dask-nmf does not read, saying how to convert it."""
-    stem, ext = os.path.splitext(path.rstrip("/"))
-    ext = ext.lower()
-    if ext not in CONVERSIONS or os.path.isdir(path):
-        return
-    recipe = CONVERSIONS[ext].format(src=path, dst=f"{stem}.zarr")
-    then = f"then pass {stem}.zarr"
-    if ext == ".h5ad":
-        then += " with --array X (or a layer: --array layers/NAME)"
-    raise Abort(
-        f"{path} is a {ext} file; dask-nmf reads zarr stores. Convert it once with: "
-        f'python -c "{recipe}", {then}'
-    )
 
 
 def _cli_words(reason: str | None) -> str:

@@ -1,6 +1,7 @@
 """What every ``dask-nmf`` command shares: one-line errors (exit status 2), the
 connection to a scheduler or an embedded ``LocalCluster`` with its options, the
-progress bar, and Ctrl-C during a fit (exit status 130, the output resumable)."""
+progress bar, Ctrl-C during a fit (exit status 130, the output resumable), and the
+conversion hints for inputs that are not zarr stores."""
 
 from __future__ import annotations
 
@@ -308,6 +309,35 @@ class Interrupts:
     def _repeat(self) -> None:
         while not self.taken.wait(0.5):
             os.kill(os.getpid(), signal.SIGINT)
+
+
+#: Files that are not zarr stores, and how to write one from each (out of core where it can be).
+CONVERSIONS = {
+    ".h5ad": "import anndata; anndata.read_h5ad('{src}').write_zarr('{dst}')",
+    ".npy": "import dask.array as da, numpy as np; "
+    "da.from_array(np.load('{src}', mmap_mode='r')).to_zarr('{dst}')",
+    ".npz": "import numpy as np, zarr; zarr.save_array('{dst}', np.load('{src}')['NAME'])",
+    ".csv": "import numpy as np, zarr; zarr.save_array('{dst}', np.loadtxt('{src}', delimiter=','))",
+    ".tsv": "import numpy as np, zarr; zarr.save_array('{dst}', np.loadtxt('{src}', delimiter='\\t'))",
+    ".mtx": "import scipy.io; from dask_nmf.datasets import write_csr_zarr; "
+    "write_csr_zarr('{dst}', scipy.io.mmread('{src}'))",
+}
+
+
+def check_input_format(path: str) -> None:
+    """Refuse a file of a format dask-nmf does not read, saying how to convert it."""
+    stem, ext = os.path.splitext(path.rstrip("/"))
+    ext = ext.lower()
+    if ext not in CONVERSIONS or os.path.isdir(path):
+        return
+    recipe = CONVERSIONS[ext].format(src=path, dst=f"{stem}.zarr")
+    then = f"then pass {stem}.zarr"
+    if ext == ".h5ad":
+        then += " with --array X (or a layer: --array layers/NAME)"
+    raise Abort(
+        f"{path} is a {ext} file; dask-nmf reads zarr stores. Convert it once with: "
+        f'python -c "{recipe}", {then}'
+    )
 
 
 def fail_on_input_errors(fn, *args, **kwargs):
