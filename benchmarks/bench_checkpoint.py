@@ -17,12 +17,11 @@ import tempfile
 import time
 
 import numpy as np
+from common import fresh_results_dir  # (benchmarks/ is on the path of a script run from it)
 from distributed import Client, LocalCluster
 
 import dask_nmf
 from dask_nmf.datasets import make_low_rank_store
-
-RESULTS = pathlib.Path(__file__).parent / "results"
 
 
 def main(argv=None) -> dict:
@@ -31,6 +30,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--cols", type=int, default=2_000)
     ap.add_argument("-k", type=int, default=32)
     ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--out", default=None, help="results directory (default: a new one)")
     args = ap.parse_args(argv)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,8 +76,9 @@ def main(argv=None) -> dict:
                     f"{checkpoint * 1e3:7.1f} ms   ratio {checkpoint / iteration:.2f}"
                 )
     out["shape"] = [args.rows, args.cols, args.k]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "checkpoint.json").write_text(json.dumps(out, indent=2))
+    out_dir = pathlib.Path(args.out) if args.out else fresh_results_dir("checkpoint")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "checkpoint.json").write_text(json.dumps(out, indent=2))
     return out
 
 

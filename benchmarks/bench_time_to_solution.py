@@ -391,9 +391,13 @@ def main(argv=None) -> None:
                    help="MU's passes out of core, whose final error is the target (~1 s each on 2 cores)")
     p.add_argument("--oc-cap", type=int, default=200, help="most passes of accelerated MU and cd out of core")
     p.add_argument("--data-dir")
-    p.add_argument("--out", default=str(common.RESULTS))
+    p.add_argument("--out", default=None,
+                   help="results directory (default: a new one; --out benchmarks/results replaces "
+                        "the committed results)")
     p.add_argument("--replot", action="store_true", help="only redraw the PNGs from the JSON in --out")
     a = p.parse_args(argv)
+    if a.out is None:
+        a.out = str(common.RESULTS if a.replot else common.fresh_results_dir("time_to_solution"))
     if a.replot:
         replot(Path(a.out), a.quick)
         return

@@ -1,12 +1,18 @@
 """Run the dask_nmf benchmark suite.
 
-    python benchmarks/run.py                 # everything (about 20-25 min on 2 cores)
-    python benchmarks/run.py --quick         # reduced sizes/repeats (about 2-3 min)
+    python benchmarks/run.py                 # everything (about 45 min on 2 cores)
+    python benchmarks/run.py --quick         # reduced sizes/repeats (5-10 min)
     python benchmarks/run.py --case peers --case roofline
 
+Before each timing a run waits up to --quiet-wait seconds (default 60; at most
+--quiet-budget per case) for the machine to be idle, so on a busy machine it
+takes longer: run it on a quiet one.
+
 Cases (in this order): peers, roofline, profile, outofcore, scaling, sparse, codecs.
-Each prints its tables and writes ``benchmarks/results/<case>.json`` (sweeps also a
-PNG); all printed tables of the run also go to ``benchmarks/results/report[_quick].md``.
+Each prints its tables and writes ``<case>.json`` (sweeps also a PNG) to a new
+``benchmarks/results/runs/<time>/`` unless ``--out`` says where (``--out
+benchmarks/results`` replaces the committed results); all printed tables of the
+run also go to ``report[_quick].md`` there.
 Synthetic data (zarr stores) is made once under ``--data-dir`` (default
 /tmp/dask_nmf_bench, or $DASK_NMF_BENCH_DATA) and reused.
 """
@@ -37,13 +43,15 @@ CASES = {
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small sizes, one repeat (~2-3 minutes)")
+    p.add_argument("--quick", action="store_true", help="small sizes, one repeat (5-10 minutes)")
     p.add_argument("--case", action="append", choices=list(CASES), help="run only this case (repeatable)")
     p.add_argument("--m", type=int, help="rows of the main matrix (peers/roofline/profile; default 16000)")
     p.add_argument("--n", type=int, help="columns of the main matrix (default 2000)")
     p.add_argument("--k", type=int, help="rank of the main case (default 32)")
     p.add_argument("--data-dir", help="where synthetic zarr stores are kept")
-    p.add_argument("--out", default=str(HERE / "results"), help="results directory")
+    p.add_argument("--out", default=None,
+                   help="results directory (default: a new benchmarks/results/runs/<time>; "
+                        "--out benchmarks/results replaces the committed results)")
     p.add_argument("--quiet-wait", type=float, default=60.0,
                    help="max seconds to wait for the machine to go idle before each timing (0: never, "
                         "and no re-runs of disturbed timings)")
@@ -53,6 +61,8 @@ def main(argv=None) -> int:
 
     import common
 
+    if args.out is None:
+        args.out = str(common.fresh_results_dir("quick" if args.quick else "full"))
     common.RESULTS = Path(args.out)
     common.QUIET_WAIT = args.quiet_wait
     common.QUIET_BUDGET = args.quiet_budget

@@ -25,11 +25,12 @@ from .cli_session import (
     Interrupts,
     Progress,
     check_cluster_options,
+    check_input_format,
     cluster_session,
     fail_on_input_errors,
     with_cluster_options,
 )
-from .solvers import BETA_LOSSES, SOLVERS
+from .solvers import BETA_LOSSES, SOLVERS, solver_class
 
 
 class BetaLoss(click.ParamType):
@@ -86,7 +87,23 @@ def cli() -> None:
     help="Frobenius, mu or cd: accelerated updates (several W and H updates per pass over INPUT).",
 )
 @click.option(
-    "--init", type=click.Choice(["random", "nndsvd", "nndsvda", "nndsvdar"]), default=None
+    "--init",
+    type=click.Choice(["random", "nndsvd", "nndsvda", "nndsvdar"]),
+    default=None,
+    show_default="nndsvda if K <= min(rows, columns), else random",
+    help="The starting W and H (as scikit-learn's; nndsvd* from a randomized SVD).",
+)
+@click.option(
+    "--max-iter", type=int, default=200, show_default=True, help="At most this many iterations."
+)
+@click.option(
+    "--tol",
+    type=float,
+    default=1e-4,
+    show_default=True,
+    help="Stop when the rule's value (on the progress bar) is below it: MU, the decrease of "
+    "the error over 10 iterations relative to the initial error; cd, the violation relative "
+    "to the first iteration's. 0 runs all --max-iter.",
 )
 @click.option(
     "--missing",
@@ -98,18 +115,39 @@ def cli() -> None:
     default=None,
     help="A boolean zarr array of INPUT's shape, True where observed (the others are missing).",
 )
-@click.option("--max-iter", type=int, default=200, show_default=True)
-@click.option("--tol", type=float, default=1e-4, show_default=True)
 @click.option("--seed", type=int, default=None, help="Random seed (reproducible runs).")
-@click.option("--alpha-w", type=float, default=0.0, show_default=True)
-@click.option("--alpha-h", default="same", show_default=True)
-@click.option("--l1-ratio", type=float, default=0.0, show_default=True)
+@click.option(
+    "--alpha-w",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Regularization of W (scaled by the columns, as scikit-learn).",
+)
+@click.option(
+    "--alpha-h",
+    default="same",
+    show_default=True,
+    help="Regularization of H (scaled by the rows); 'same' as --alpha-w.",
+)
+@click.option(
+    "--l1-ratio",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="The L1 share of the regularization (0: L2 only, 1: L1 only).",
+)
 @click.option("--array", "array_name", default=None, help="The array inside a zarr group.")
 @click.option("--variable", default=None, help="xarray: the variable of the zarr Dataset.")
 @click.option("--sample-dims", default=None, help="xarray: dims stacked into rows, e.g. y,x.")
 @click.option("--feature-dims", default=None, help="xarray: dims stacked into columns, e.g. band.")
 @with_cluster_options
-@click.option("--checkpoint-every", type=int, default=10, show_default=True)
+@click.option(
+    "--checkpoint-every",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Iterations between checkpoints written to OUTPUT.",
+)
 @click.option(
     "--loss-every",
     type=int,
@@ -118,8 +156,20 @@ def cli() -> None:
 )
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in OUTPUT.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
-@click.option("--block-rows", type=int, default=None)
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
+@click.option(
+    "--block-rows",
+    type=int,
+    default=None,
+    show_default="from the workers' memory and dask's array.chunk-size",
+    help="Rows of INPUT per block (one task per block and pass).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float64"]),
+    default=None,
+    show_default="float32 for float32 INPUT, else float64",
+    help="Compute in this dtype.",
+)
 @click.option(
     "--keep-in-memory/--no-keep-in-memory",
     default=None,
@@ -162,6 +212,9 @@ def fit(
     quiet,
 ) -> None:
     """Factorize INPUT (a zarr store or URL) into W and H, written to OUTPUT.
+
+    INPUT is a zarr array, or a group with --array (an AnnData store's X);
+    for a .h5ad, .npy, .csv or .mtx file the error says how to convert it.
 
     OUTPUT must be absent or a dask_nmf result: --overwrite replaces only a
     dask_nmf result (never other files, never INPUT), and --resume on a
@@ -206,6 +259,7 @@ def fit(
         checkpoint_every=checkpoint_every,
         missing=missing,
     )
+    check_input_format(input_)
     fail_on_input_errors(
         driver.input_matrix, input_, block_rows, array=array_name, dtype=dtype, **xr_opts
     )
@@ -230,7 +284,8 @@ def fit(
     with cluster_session(
         scheduler, n_workers, threads_per_worker, memory_limit, quiet, scheduler_file
     ) as client:
-        progress = Progress(max_iter, start, quiet)
+        rule = fit_options.algorithm.criterion_name
+        progress = Progress(max_iter, start, quiet, rule, tol)
         t0 = time.perf_counter()
         interrupts = Interrupts()
         try:
@@ -243,6 +298,7 @@ def fit(
                     block_rows=block_rows,
                     client=client,
                     callback=progress,
+                    on_criterion=progress.criterion,
                     checkpoint=output,
                     resume=resume,
                     overwrite=overwrite,
@@ -269,11 +325,11 @@ def fit(
         progress.close()
     if not quiet:
         click.echo(
-            f"{res.n_iter} iterations in {time.perf_counter() - t0:.1f} s, "
-            f"{'converged' if res.converged else 'stopped at --max-iter'}; "
+            f"{res.n_iter} iterations in {time.perf_counter() - t0:.1f} s; "
             f"loss {res.loss_history[0]:.6g} -> {res.loss_history[-1]:.6g}; "
             f"reconstruction error {res.reconstruction_err:.6g}; written to {output}"
         )
+        click.echo(f"stopped: {_cli_words(res.stop_reason)}")
 
 
 @cli.command()
@@ -284,10 +340,16 @@ def fit(
 @click.option("--variable", default=None, help="xarray: the variable of the zarr Dataset.")
 @click.option("--sample-dims", default=None, help="xarray: dims stacked into rows, e.g. y,x.")
 @click.option("--feature-dims", default=None, help="xarray: dims stacked into columns, as at fit.")
-@click.option("--block-rows", type=int, default=None)
-@click.option("--overwrite", is_flag=True)
+@click.option(
+    "--block-rows",
+    type=int,
+    default=None,
+    show_default="from the workers' memory and dask's array.chunk-size",
+    help="Rows of INPUT per block.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT written by dask_nmf.")
 @with_cluster_options
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True, help="No messages.")
 def transform(
     input_,
     model,
@@ -314,6 +376,7 @@ def transform(
     from . import driver, outputs, persistence
 
     check_cluster_options(scheduler, scheduler_file, n_workers, threads_per_worker, memory_limit)
+    check_input_format(input_)
     inputs = fail_on_input_errors(lambda: [*outputs.input_locations(input_), outputs.locate(model)])
     fail_on_input_errors(outputs.check_output, output, overwrite=overwrite, inputs=inputs)
     xr_opts = {
@@ -406,11 +469,11 @@ def info(path) -> None:
     default=None,
     help="Where to write the data and result (default: a temporary directory).",
 )
-@click.option("--rows", default=20_000, show_default=True)
-@click.option("--cols", default=500, show_default=True)
-@click.option("-k", "--n-components", "k", default=8, show_default=True)
-@click.option("--max-iter", default=100, show_default=True)
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("--rows", default=20_000, show_default=True, help="Rows of the generated matrix.")
+@click.option("--cols", default=500, show_default=True, help="Its columns.")
+@click.option("-k", "--n-components", "k", default=8, show_default=True, help="Its rank.")
+@click.option("--max-iter", default=100, show_default=True, help="At most this many iterations.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
     """Generate a dataset, factorize it on an embedded cluster, show the result."""
     import numpy as np
@@ -439,7 +502,8 @@ def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
             click.echo(f"writing a {rows} x {cols} matrix of rank {k} (+ noise) to {data}")
             make_low_rank_store(data, rows, cols, k, attributes={"dask_nmf_demo": recipe})
         with cluster_session(None, 2, 1, "auto", quiet) as client:
-            progress = Progress(max_iter, 0, quiet)
+            rule = solver_class("frobenius", "mu").criterion_name  # (factorize's defaults)
+            progress = Progress(max_iter, 0, quiet, rule, 1e-4)
             res = fail_on_input_errors(
                 driver.factorize,
                 data,
@@ -448,6 +512,7 @@ def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
                 random_state=0,
                 client=client,
                 callback=progress,
+                on_criterion=progress.criterion,
                 checkpoint=out,
                 overwrite=True,  # (only ever a dask_nmf result: see dask_nmf.outputs)
             )
@@ -462,6 +527,14 @@ def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
             f"{res.reconstruction_err / math.sqrt(2 * _norm2(data) / 2):.4f}; "
             + (f"result in {out}" if keep else "result discarded (pass -o DIR to keep it)")
         )
+        click.echo(f"stopped: {_cli_words(res.stop_reason)}")
+
+
+def _cli_words(reason: str | None) -> str:
+    """A stop reason in the options' names (--max-iter, --tol)."""
+    if reason is None:  # (a finished run read back)
+        return "finished earlier"
+    return reason.replace("max_iter", "--max-iter").replace(" tol", " --tol")
 
 
 def _demo_recipe(path: str) -> dict | None:

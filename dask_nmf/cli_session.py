@@ -1,6 +1,7 @@
 """What every ``dask-nmf`` command shares: one-line errors (exit status 2), the
 connection to a scheduler or an embedded ``LocalCluster`` with its options, the
-progress bar, and Ctrl-C during a fit (exit status 130, the output resumable)."""
+progress bar, Ctrl-C during a fit (exit status 130, the output resumable), and the
+conversion hints for inputs that are not zarr stores."""
 
 from __future__ import annotations
 
@@ -157,15 +158,14 @@ def cluster_session(
                 client.close(timeout=_connect_timeout())
             stack.close()
         return
-    with (
-        LocalCluster(
+    with _sigint_ignored():  # (inherited by the worker processes started now)
+        cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
             memory_limit=memory_limit,
             dashboard_address=":0",
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+        )
+    with cluster, Client(cluster) as client:
         if not quiet:
             link = cluster.dashboard_link
             click.echo(
@@ -177,18 +177,58 @@ def cluster_session(
             yield client
         except ClusterError as exc:
             raise Abort(str(exc)) from None
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C: the command says so in one line; the cluster's shutdown
+            # (tasks cancelled, connections closed mid-pass) is not news.
+            _silence_distributed()
+            with contextlib.suppress(Exception):  # (best effort: the workers may be gone)
+                client.run(_silence_distributed, on_error="ignore")
+            raise
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while the embedded cluster starts its worker processes.
+
+    A terminal sends Ctrl-C to its whole foreground process group, the workers
+    included: each would print its own ``KeyboardInterrupt`` traceback and the
+    scheduler its lost connections.  An ignored signal stays ignored in a child
+    process (Python then installs no ``KeyboardInterrupt`` handler), so the
+    workers leave Ctrl-C to this process, which closes them.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _silence_distributed() -> None:
+    import logging
+
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 class Progress:
-    """A tqdm bar with the loss, its relative decrease, and an ETA.
+    """A tqdm bar with the loss, what the stopping rule tests, and an ETA.
 
-    The bar appears with the first iteration, so that errors found while V is
+    The bar shows the value the rule last compared with ``tol`` (``rule``:
+    its name, e.g. MU's decrease of the error over 10 iterations relative to
+    the initial error), not a per-iteration decrease the rule never looks at.
+    It appears with the first iteration, so that errors found while V is
     validated are printed on a line of their own.
     """
 
-    def __init__(self, max_iter: int, start: int, quiet: bool):
+    def __init__(
+        self, max_iter: int, start: int, quiet: bool, rule: str = "", tol: float = 0.0
+    ):
         self.quiet, self.max_iter, self.start = quiet, max_iter, start
-        self.last = None
+        self.rule, self.tol = rule, tol
+        self.loss_text = self.rule_text = ""
         self.bar = None
 
     def _ensure_bar(self):
@@ -203,10 +243,20 @@ class Progress:
             return
         bar = self._ensure_bar()
         if not math.isnan(loss):  # NaN: an iteration whose KL loss was skipped
-            rel = (self.last - loss) / self.last if self.last else math.nan
-            self.last = loss
-            bar.set_postfix_str(f"loss={loss:.6g} rel.decrease={rel:.2e}")
+            self.loss_text = f"loss={loss:.6g}"
+            self._postfix()
         bar.update(iteration - bar.n)
+
+    def criterion(self, iteration: int, value: float) -> None:
+        """The stopping rule's value at ``iteration`` (``on_criterion``)."""
+        if self.quiet:
+            return
+        self.rule_text = f"{self.rule}={value:.2e} (stops below tol={self.tol:g})"
+        self._ensure_bar()
+        self._postfix()
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix_str(" ".join(x for x in (self.loss_text, self.rule_text) if x))
 
     def log(self, message: str) -> None:
         if self.quiet:
@@ -259,6 +309,35 @@ class Interrupts:
     def _repeat(self) -> None:
         while not self.taken.wait(0.5):
             os.kill(os.getpid(), signal.SIGINT)
+
+
+#: Files that are not zarr stores, and how to write one from each (out of core where it can be).
+CONVERSIONS = {
+    ".h5ad": "import anndata; anndata.read_h5ad('{src}').write_zarr('{dst}')",
+    ".npy": "import dask.array as da, numpy as np; "
+    "da.from_array(np.load('{src}', mmap_mode='r')).to_zarr('{dst}')",
+    ".npz": "import numpy as np, zarr; zarr.save_array('{dst}', np.load('{src}')['NAME'])",
+    ".csv": "import numpy as np, zarr; zarr.save_array('{dst}', np.loadtxt('{src}', delimiter=','))",
+    ".tsv": "import numpy as np, zarr; zarr.save_array('{dst}', np.loadtxt('{src}', delimiter='\\t'))",
+    ".mtx": "import scipy.io; from dask_nmf.datasets import write_csr_zarr; "
+    "write_csr_zarr('{dst}', scipy.io.mmread('{src}'))",
+}
+
+
+def check_input_format(path: str) -> None:
+    """Refuse a file of a format dask-nmf does not read, saying how to convert it."""
+    stem, ext = os.path.splitext(path.rstrip("/"))
+    ext = ext.lower()
+    if ext not in CONVERSIONS or os.path.isdir(path):
+        return
+    recipe = CONVERSIONS[ext].format(src=path, dst=f"{stem}.zarr")
+    then = f"then pass {stem}.zarr"
+    if ext == ".h5ad":
+        then += " with --array X (or a layer: --array layers/NAME)"
+    raise Abort(
+        f"{path} is a {ext} file; dask-nmf reads zarr stores. Convert it once with: "
+        f'python -c "{recipe}", {then}'
+    )
 
 
 def fail_on_input_errors(fn, *args, **kwargs):

@@ -57,7 +57,7 @@ from .persistence import NMFResult
 
 def factorize(
     V: Any,
-    n_components: int,
+    n_components: int | str,
     *,
     beta_loss: str | float = "frobenius",
     solver: str = "mu",
@@ -83,6 +83,7 @@ def factorize(
     dtype: Any = None,
     storage_options: dict | None = None,
     on_checkpoint: Callable[[int, Any], Any] | None = None,
+    on_criterion: Callable[[int, float], Any] | None = None,
     variable: str | None = None,
     sample_dims: Any = None,
     feature_dims: Any = None,
@@ -99,8 +100,9 @@ def factorize(
         The m x n non-negative matrix: a zarr store (path or fsspec URL), a
         zarr array, a dask array or a NumPy array.  It is read in row blocks
         and never modified.
-    n_components : int
-        The rank k.
+    n_components : int or "auto"
+        The rank k; "auto" as in scikit-learn: the rank of ``W_init``/``H_init``
+        when given, else the number of columns of V.
     beta_loss : {"frobenius", "kullback-leibler", "itakura-saito"} or float
         The cost, a β-divergence: ``0.5 * ||V - WH||^2`` (2), the generalized
         KL divergence (1), Itakura-Saito (0) or any other real β (scikit-learn's
@@ -160,6 +162,11 @@ def factorize(
         fsspec options for URLs of V and of the checkpoint.
     on_checkpoint : callable, optional
         ``on_checkpoint(iteration, path)`` after each complete checkpoint.
+    on_criterion : callable, optional
+        ``on_criterion(iteration, value)`` each time the stopping rule is
+        tested: the value it compares with ``tol`` (MU: the decrease of the
+        error over the last 10 iterations relative to the initial error; cd:
+        the violation relative to the first iteration's).
     variable, sample_dims, feature_dims : optional
         For xarray input (a DataArray, a Dataset, or a zarr store opened with
         xarray when one of these is given): the variable, and the dimensions
@@ -193,10 +200,21 @@ def factorize(
     -------
     NMFResult
         ``W`` (dask array, row blocks aligned with V's), ``H`` (NumPy),
-        ``loss_history``, ``n_iter``, ``converged``.
+        ``loss_history``, ``n_iter``, ``converged``, ``stop_reason``.
     """
     if init is None and W_init is not None and H_init is not None:
         init = "custom"
+    if isinstance(n_components, str) and n_components == "auto":
+        n_components = _auto_rank(
+            V,
+            W_init,
+            H_init,
+            array=array,
+            storage_options=storage_options,
+            variable=variable,
+            sample_dims=sample_dims,
+            feature_dims=feature_dims,
+        )
     missing, mask = split_missing(missing)
     options = FitOptions(
         n_components,
@@ -233,6 +251,7 @@ def factorize(
         dtype=dtype,
         storage_options=storage_options,
         on_checkpoint=on_checkpoint,
+        on_criterion=on_criterion,
         variable=variable,
         sample_dims=sample_dims,
         feature_dims=feature_dims,
@@ -257,6 +276,7 @@ def fit(
     dtype: Any = None,
     storage_options: dict | None = None,
     on_checkpoint: Callable[[int, Any], Any] | None = None,
+    on_criterion: Callable[[int, float], Any] | None = None,
     variable: str | None = None,
     sample_dims: Any = None,
     feature_dims: Any = None,
@@ -422,6 +442,7 @@ def fit(
             checkpoint_every=options.checkpoint_every,
             report=report,
             watch=CostWatch(solver, options.alpha_W, options.alpha_H),
+            on_criterion=on_criterion,
         )
         it = loop.run(it)
         if checkpoint is not None:
@@ -453,6 +474,7 @@ def fit(
         n_iter=it.t,
         converged=it.converged,
         beta_loss=solver.loss_name,
+        stop_reason=it.stop_reason,
         params=params,
         source=Vin.source,
     )
@@ -470,6 +492,16 @@ def _announce(verbose: bool, on_checkpoint: Callable | None) -> Callable[[int, A
             on_checkpoint(t, store)
 
     return saved
+
+
+def _auto_rank(V: Any, W_init: Any, H_init: Any, **open_kw: Any) -> int:
+    """scikit-learn's ``n_components="auto"``: the rank of the custom W or H,
+    else the number of features (V's columns)."""
+    if H_init is not None and np.ndim(H_init) == 2:
+        return int(np.shape(H_init)[0])
+    if W_init is not None and np.ndim(W_init) == 2:
+        return int(np.shape(W_init)[1])
+    return int(input_matrix(V, **{k: v for k, v in open_kw.items() if v is not None}).shape[1])
 
 
 def input_matrix(V: Any, block_rows: int | None = None, **kw) -> InputMatrix:

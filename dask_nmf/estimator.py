@@ -34,6 +34,7 @@ from .sklearn_compat import (
     positive_int_or_none,
     sk_checked,
     sklearn_input,
+    user_stacklevel,
 )
 from .solvers import SOLVERS
 
@@ -112,6 +113,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ``||X - WH||_F`` (Frobenius) or ``sqrt(2 * D(X || WH))`` (KL), as scikit-learn.
     n_iter_ : int
         Iterations run.
+    stop_reason_ : str
+        Why the fit stopped: ``tol`` met at which iteration, or ``max_iter``
+        reached with the last value the stopping rule compared with ``tol``.
     loss_history_ : list of float
         The cost at the start and after each iteration (NaN where KL's
         ``loss_every`` skipped it).
@@ -317,7 +321,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 "When init!='custom', provided W or H are ignored. Set init='custom' to use "
                 "them as initialization.",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
             W = H = None
         k = self.n_components
@@ -354,14 +358,15 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if not res.converged and self.tol > 0:
             warnings.warn(
                 f"Maximum number of iterations {self.max_iter} reached. Increase it to "
-                "improve convergence.",
+                f"improve convergence. ({res.stop_reason})",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         self.components_ = np.asarray(res.H)
         self.n_components_ = self.components_.shape[0]
         self.n_iter_ = res.n_iter
         self.reconstruction_err_ = res.reconstruction_err
+        self.stop_reason_ = res.stop_reason
         self.loss_history_ = res.loss_history
         self.result_ = res
         return res.W.compute() if in_memory(X) else res.W

@@ -49,6 +49,10 @@ class Iterate:
     converged: bool = False
     #: The solver's ``carry`` of state t where H is an array (after a checkpoint, a resume).
     carry: dict | None = None
+    #: ``(t, value)`` of the last test of the stopping rule (value compared with tol).
+    tested: tuple[int, float] | None = None
+    #: Why the loop stopped, in words (set by :meth:`IterationLoop.run`).
+    stop_reason: str = ""
 
 
 class IterationLoop:
@@ -68,6 +72,9 @@ class IterationLoop:
     report : callable
         ``report(iteration, loss)`` once per iteration as its loss is known.
     watch : CostWatch
+    on_criterion : callable, optional
+        ``on_criterion(iteration, value)`` each time the stopping rule is
+        tested: the value it compares with ``tol``.
     """
 
     def __init__(
@@ -83,8 +90,10 @@ class IterationLoop:
         checkpoint_every: int,
         report: Callable[[int, float], Any],
         watch: CostWatch,
+        on_criterion: Callable[[int, float], Any] | None = None,
     ):
         self.passes, self.solver, self.runner = passes, solver, runner
+        self.on_criterion = on_criterion
         self.max_iter, self.tol, self.loss_every = max_iter, tol, loss_every
         self.checkpoints, self.checkpoint_every = checkpoints, checkpoint_every
         self.report, self.watch = report, watch
@@ -113,8 +122,41 @@ class IterationLoop:
         self.settle(it)
         if len(it.losses) == it.t:  # the loss of the final state is still unknown
             self._record(it, it.t, self.passes.loss_only(it.W, it.H))
-            it.converged = it.converged or self.solver.converged(it.losses, it.t, self.tol)
+            it.converged = self._test(it, it.t) or it.converged
+        it.stop_reason = self.stop_reason(it)
         return it
+
+    def _test(self, it: Iterate, t: int, value: float | None = None) -> bool:
+        """Test the stopping rule at state t (``value``: the pass evaluated it)."""
+        if value is None:
+            value = self.solver.criterion(it.losses, t)
+        if not math.isnan(value):
+            it.tested = (t, value)
+            if self.on_criterion is not None:
+                self.on_criterion(t, value)
+        return self.solver.converged(it.losses, t, self.tol)
+
+    def stop_reason(self, it: Iterate) -> str:
+        """Why the fit stopped, with what the rule last saw, and what to change."""
+        name, stops, tol = self.solver.criterion_name, self.solver.criterion_stops, self.tol
+        if it.converged:
+            if it.tested is None:
+                return f"tol met at iteration {it.t}"
+            t, value = it.tested
+            return f"tol met at iteration {t}: {name} = {value:.3g} {stops} tol = {tol:g}"
+        if tol <= 0:
+            return f"max_iter reached ({it.t} iterations; tol=0 runs them all)"
+        if it.tested is None:
+            seen = "the stopping rule was not tested yet"
+            if self.solver.criterion_name == Solver.criterion_name:
+                seen += " (it looks every 10 iterations)"
+        else:
+            t, value = it.tested
+            seen = f"{name} = {value:.3g} at iteration {t}, not {stops} tol = {tol:g}"
+        return (
+            f"max_iter reached ({it.t} iterations) before tol was met: {seen}; "
+            "raise max_iter to go on, or tol to stop sooner"
+        )
 
     def _take(self, it: Iterate, pending: Pass) -> None:
         """Take the report of the pass from state t: record, check, stop or advance."""
@@ -129,7 +171,7 @@ class IterationLoop:
             # it (NaN where it was skipped): KL's on its loss_every passes,
             # Frobenius's at the start and where its expansion had no digits left.
             self._record(it, t, report.before)
-            it.converged = self.solver.converged(it.losses, t, self.tol)
+            it.converged = self._test(it, t)
         if it.converged:  # state t is the answer; the pass is dropped
             return
         if problem is not None:
@@ -137,7 +179,9 @@ class IterationLoop:
         it.W, it.H, it.t = pending.W, pending.state, t + 1
         if not math.isnan(report.after):  # the loss of the state it produced
             self._record(it, it.t, report.after)
-            it.converged = self.solver.converged(it.losses, it.t, self.tol)
+            it.converged = self._test(it, it.t)
+        if not math.isnan(report.criterion):
+            self._test(it, it.t, report.criterion)
         it.converged = it.converged or report.done
 
     def _launch(self, it: Iterate, W: list, H: Any, s: int) -> Pass:

@@ -165,6 +165,10 @@ class NMFResult:
         Where V came from.
     origin : str, optional
         The store W is read from lazily (a result given by :func:`load`).
+    stop_reason : str, optional
+        Why the fit stopped, in words: ``tol`` met at which iteration, or
+        ``max_iter`` reached with the last value the stopping rule saw and what
+        to change (None for a result read by :func:`load`).
     """
 
     W: da.Array
@@ -176,6 +180,7 @@ class NMFResult:
     params: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)
     origin: str | None = field(default=None, repr=False)
+    stop_reason: str | None = None
 
     @property
     def reconstruction_err(self) -> float:

@@ -4,6 +4,8 @@ checks of custom factors with its wording."""
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import dask.array as da
@@ -34,6 +36,25 @@ class DtypeError(InputError, TypeError):
 
     A ``TypeError``, as scikit-learn raises, and a :class:`dask_nmf.InputError`.
     """
+
+
+def _library_dirs() -> tuple[str, ...]:
+    import sklearn
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    return here + os.sep, os.path.dirname(os.path.abspath(sklearn.__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` in the caller of this function
+    that points at the user's line: the first frame outside dask_nmf and
+    scikit-learn (whose ``set_output`` wraps ``fit_transform``), however deep
+    inside them the warning is raised."""
+    internal = _library_dirs()
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(internal):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def is_xarray(X: Any) -> bool:

@@ -9,13 +9,14 @@ of H, shown as 8x8 images); W holds each image's weights.  The script fits
 ``dask_nmf.NMF`` with ``beta_loss="frobenius"`` and ``"kullback-leibler"``, draws
 the parts and a few digits rebuilt from them, and measures how sparse W and H
 are with Hoyer's measure.  Figures and a JSON summary go to ``--out``
-(default: examples/figures); see examples/digits.md for the write-up.
+(default: a new folder; examples/figures holds the committed ones); see examples/digits.md for the write-up.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -52,7 +53,13 @@ def hoyer(x: np.ndarray, axis: int) -> np.ndarray:
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="reduced size (for the test suite)")
-    p.add_argument("--out", type=Path, default=HERE / "figures", help="where figures go")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where figures go (default: a new folder, printed; examples/figures holds the "
+        "committed ones)",
+    )
     p.add_argument("-k", "--n-components", type=int, default=None, help="rank (default 16)")
     p.add_argument("--max-iter", type=int, default=None, help="default 1000 (--quick: 60)")
     return p.parse_args(argv)
@@ -192,6 +199,9 @@ def main(argv: list[str] | None = None) -> dict:
     V, labels = digits.data.astype(np.float64), digits.target
     if args.quick:
         V, labels = V[:500], labels[:500]
+    if args.out is None:  # (never the committed figures unless asked)
+        args.out = Path(tempfile.mkdtemp(prefix="dask-nmf-digits-"))
+        print(f"figures and numbers go to {args.out} (--out DIR to choose)")
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"V: {V.shape[0]} digits x {V.shape[1]} pixels, k={k}, max_iter={max_iter}")
 

@@ -19,7 +19,7 @@ Run:  python examples/hyperspectral.py                # 2000 x 2000 pixels x 200
    no knowledge of the truth is used), are the abundance maps.  Both are
    compared with the truth: spectral angle per endmember, abundance RMSE.
 
-Figures and a JSON summary go to ``--out`` (default examples/figures); the
+Figures and a JSON summary go to ``--out`` (default: a new folder, printed); the
 cube and the result go to ``--workdir`` (default: a temporary directory,
 removed at the end).  See examples/hyperspectral.md.
 """
@@ -60,7 +60,13 @@ HERE = Path(__file__).resolve().parent
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="reduced size (for the test suite)")
-    p.add_argument("--out", type=Path, default=HERE / "figures", help="where figures go")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where figures go (default: a new folder, printed; examples/figures holds the "
+        "committed ones)",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="where the cube and result go")
     p.add_argument("--size", type=int, default=None, help="pixels per side (2000; --quick 128)")
     p.add_argument("--bands", type=int, default=None, help="spectral bands (200; --quick 64)")
@@ -469,6 +475,9 @@ def main(argv: list[str] | None = None) -> dict:
     bands = args.bands or (64 if args.quick else 200)
     max_iter = args.max_iter or (30 if args.quick else 40)
     step = max(1, size // 250)  # maps and abundance errors on at most ~250 x 250 pixels
+    if args.out is None:  # (never the committed figures unless asked)
+        args.out = Path(tempfile.mkdtemp(prefix="dask-nmf-hyperspectral-"))
+        print(f"figures and numbers go to {args.out} (--out DIR to choose)")
     args.out.mkdir(parents=True, exist_ok=True)
     cube_bytes = size * size * bands * 4
     with contextlib.ExitStack() as stack:

@@ -15,13 +15,15 @@ Lee & Seung's multiplicative updates run side by side for both costs:
 Their loss curves (log scale) never go up and coincide to rounding error.  The
 factors found are matched to the true ones with the Hungarian algorithm on the
 correlation of H's rows, and compared.  Figures and a JSON summary go to
-``--out`` (default examples/figures); see examples/random_matrix.md.
+``--out`` (default: a new folder; examples/figures holds the committed ones); see
+examples/random_matrix.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -48,7 +50,13 @@ EPS = float(np.finfo(np.float32).eps)
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="reduced size (for the test suite)")
-    p.add_argument("--out", type=Path, default=HERE / "figures", help="where figures go")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where figures go (default: a new folder, printed; examples/figures holds the "
+        "committed ones)",
+    )
     p.add_argument("--rows", type=int, default=None, help="m (default 3000; --quick 1000)")
     p.add_argument("--cols", type=int, default=None, help="n (default 200; --quick 100)")
     p.add_argument("-k", "--n-components", type=int, default=None, help="rank (default 6)")
@@ -317,6 +325,9 @@ def main(argv: list[str] | None = None) -> dict:
     n = args.cols or (100 if args.quick else 200)
     k = args.n_components or (4 if args.quick else 6)
     iterations = args.iterations or (30 if args.quick else 200)
+    if args.out is None:  # (never the committed figures unless asked)
+        args.out = Path(tempfile.mkdtemp(prefix="dask-nmf-random-matrix-"))
+        print(f"figures and numbers go to {args.out} (--out DIR to choose)")
     args.out.mkdir(parents=True, exist_ok=True)
 
     V, W0, H0 = make_data(m, n, k, args.seed)

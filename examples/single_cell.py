@@ -2,6 +2,7 @@
 
     python examples/single_cell.py [--rows 1000000] [--cols 2000] [--density 0.01]
                                    [--max-iter 50] [--out DIR]
+    python examples/single_cell.py --quick     # 20000 x 500, 20 iterations (the tests)
 
 Generates Poisson counts of a rank-k rate (each cell expresses ~1% of the genes),
 stores them as CSR in zarr exactly as AnnData stores ``X``, and factorizes the
@@ -42,14 +43,22 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--cols", type=int, default=2_000)
+    ap.add_argument("--quick", action="store_true", help="20000 x 500, 20 iterations (the tests)")
+    ap.add_argument("--rows", type=int, default=None, help="default 1000000 (--quick 20000)")
+    ap.add_argument("--cols", type=int, default=None, help="default 2000 (--quick 500)")
     ap.add_argument("--density", type=float, default=0.01)
     ap.add_argument("-k", type=int, default=10)
-    ap.add_argument("--max-iter", type=int, default=50)
+    ap.add_argument("--max-iter", type=int, default=None, help="default 50 (--quick 20)")
     ap.add_argument("--memory-limit", default="1GiB", help="per worker")
-    ap.add_argument("--out", default=None, help="directory for the store and result")
+    ap.add_argument(
+        "--out", default=None, help="directory for the store and result (default: a temporary one)"
+    )
     args = ap.parse_args(argv)
+    quick = {"rows": 20_000, "cols": 500, "max_iter": 20}
+    full = {"rows": 1_000_000, "cols": 2_000, "max_iter": 50}
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     tmp = None
     if args.out is None:

@@ -55,6 +55,10 @@ def test_fit_info_transform(tmp_path, store, address, V_small):
     assert r.exit_code == 0, r.output
     assert "checkpoint: iteration 10" in r.output and "checkpoint: iteration 20" in r.output
     assert "25 iterations" in r.output
+    # Why it stopped, with what the rule last saw (iteration 20's value) and what to change.
+    assert "decrease/err0=" in r.output  # the progress bar
+    assert "stopped: --max-iter reached (25 iterations) before --tol was met" in r.output
+    assert "at iteration 20" in r.output and "raise --max-iter" in r.output
     res = dask_nmf.load(out)
     direct = dask_nmf.factorize(
         V_small, 3, max_iter=25, random_state=0, block_rows=res.params["block_rows"]
@@ -239,6 +243,10 @@ def test_ctrl_c_leaves_a_resumable_store(tmp_path):
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 130, "".join(lines) + rest
     assert "--resume" in rest
+    # One line says so (after the progress bar's last state): no worker tracebacks,
+    # no scheduler warnings, though the signal went to the workers too (killpg).
+    said = [line for line in rest.splitlines() if line.strip()]
+    assert len(said) <= 3 and "Traceback" not in rest and "WARNING" not in rest, rest
     ck = dask_nmf.load(out)
     assert ck.n_iter >= 4
     r = subprocess.run(
@@ -281,4 +289,62 @@ def test_demo_runs_on_a_fresh_directory(tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert "loss never increased: True" in r.output
+    assert "stopped: --max-iter reached (20 iterations)" in r.output
     assert dask_nmf.load(tmp_path / "d" / "result.zarr").n_iter == 20
+
+
+@pytest.mark.parametrize("command", ["fit", "transform", "demo", "info"])
+def test_every_option_is_described_with_its_default(command):
+    import click
+
+    ctx = click.Context(cli.commands[command])
+    for param in cli.commands[command].params:
+        if not isinstance(param, click.Option):
+            continue
+        assert param.help, f"{command} {param.opts[0]} has no description"
+        default = param.get_default(ctx, call=False)
+        given = default is not None and type(default).__name__ != "Sentinel"  # (click's UNSET)
+        if not param.is_flag and not param.required and given:
+            assert param.show_default, f"{command} {param.opts[0]} hides its default"
+    text = run([command, "--help"]).output
+    if command == "fit":
+        assert "[default: (nndsvda if K <= min(rows, columns), else random)]" in " ".join(
+            text.split()
+        )
+
+
+@pytest.mark.parametrize("ext", [".npy", ".csv", ".mtx", ".h5ad"])
+def test_a_file_of_another_format_gets_a_recipe_that_works(tmp_path, V_small, ext):
+    """The message's command, run as given, makes a store the same command then fits."""
+    import scipy.io
+    import scipy.sparse as sp
+
+    src = tmp_path / f"V{ext}"
+    if ext == ".npy":
+        np.save(src, V_small)
+    elif ext == ".csv":
+        np.savetxt(src, V_small, delimiter=",")
+    elif ext == ".mtx":
+        scipy.io.mmwrite(src, sp.csr_matrix(V_small))
+    else:
+        anndata = pytest.importorskip("anndata")
+        anndata.AnnData(X=V_small).write_h5ad(src)
+    r = CliRunner().invoke(cli, ["fit", str(src), "-k", "3", "-o", str(tmp_path / "o.zarr")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert f"{src} is a {ext} file" in r.output
+    recipe = r.output.split('python -c "', 1)[1].split('", then pass', 1)[0]
+    subprocess.run([sys.executable, "-c", recipe], check=True, cwd=tmp_path, timeout=120)
+    store = str(tmp_path / "V.zarr")
+    if ext == ".h5ad":
+        assert "--array X" in r.output
+        stored = zarr.open_array(store, path="X", mode="r")[...]
+    elif ext == ".mtx":
+        g = zarr.open_group(store, mode="r")
+        stored = sp.csr_matrix(
+            (g["data"][:], g["indices"][:], g["indptr"][:]), shape=V_small.shape
+        ).toarray()
+    else:
+        stored = zarr.open_array(store, mode="r")[...]
+        res = dask_nmf.factorize(store, 3, max_iter=3, random_state=0)
+        assert res.H.shape == (3, V_small.shape[1])
+    np.testing.assert_allclose(stored, V_small, rtol=1e-12)

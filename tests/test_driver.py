@@ -355,3 +355,18 @@ def test_block_owners_annotate_only_the_pinned_keys():
     assert owners("nmf-step-abc-4-0") == []  # another pass
     assert owners("nmf-sum-abc-3-0-0") == []
     assert owners(("from-zarr", 0, 0)) == []
+
+
+def test_auto_rank_as_scikit_learn(V_small, start, zarr_V):
+    W0, H0 = start
+    auto = dask_nmf.factorize(V_small, "auto", W_init=W0, H_init=H0, max_iter=20)
+    given = dask_nmf.factorize(V_small, 4, W_init=W0, H_init=H0, max_iter=20)
+    assert auto.H.shape == (4, 41)
+    np.testing.assert_array_equal(auto.H, given.H)
+    sk = SkNMF("auto", init="custom", solver="mu", max_iter=20).fit(V_small, W=W0, H=H0)
+    assert sk.n_components_ == auto.H.shape[0]
+    # Without a custom start, k is V's number of columns (here read from a zarr store).
+    full = dask_nmf.factorize(zarr_V, "auto", init="random", random_state=0, max_iter=2)
+    assert full.H.shape == (41, 41)
+    with pytest.raises(dask_nmf.InputError, match="n_components must be a positive integer"):
+        dask_nmf.factorize(V_small, "Auto")

@@ -294,3 +294,18 @@ def test_feature_names_in_from_a_dataframe(rng):
         est.transform(X.to_numpy())
     quiet(est.fit, da.from_array(X.to_numpy()))  # a fit without names forgets them
     assert not hasattr(est, "feature_names_in_")
+
+
+@pytest.mark.parametrize("method", ["fit", "fit_transform"])
+def test_convergence_warning_points_at_the_callers_line(V_small, method):
+    est = NMF(4, max_iter=15, random_state=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        getattr(est, method)(V_small)
+    found = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert len(found) == 1
+    # This line, not a line inside dask_nmf or scikit-learn's set_output wrapper.
+    assert found[0].filename == __file__
+    assert est.stop_reason_.startswith("max_iter reached (15 iterations) before tol was met")
+    assert est.stop_reason_ in str(found[0].message)
+    assert "Maximum number of iterations 15 reached" in str(found[0].message)  # (scikit-learn's)

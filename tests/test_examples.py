@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -121,6 +122,28 @@ def test_missing_values(tmp_path):
     assert summary["cloudy_pixels_have_zero_abundance"]
 
 
+def test_single_cell(tmp_path):
+    summary = load_example("single_cell").main(["--quick", "--out", str(tmp_path)])
+    assert summary["shape"] == [20_000, 500] and summary["iterations"] == 20
+    assert summary["monotone"] and summary["loss_last"] < summary["loss_first"]
+    assert 0 < summary["peak_worker_rss_gb"] < 2 * 1.0737  # two workers x 1 GiB
+    # The stored result's KL divergence, computed here at the non-zeros of the
+    # CSR store (sum WH from the factors' sums), is the last loss reported.
+    import scipy.sparse as sp
+
+    import dask_nmf
+
+    res = dask_nmf.load(str(tmp_path / "result.zarr"))
+    W, H = res.W.compute(), res.H
+    g = zarr.open_group(str(tmp_path / "counts.zarr"), mode="r")
+    X = sp.csr_matrix((g["data"][:], g["indices"][:], g["indptr"][:]), shape=(20_000, 500))
+    rows, cols = X.nonzero()
+    wh = np.einsum("ij,ji->i", W[rows], H[:, cols]).astype(np.float64)
+    v = np.asarray(X[rows, cols]).ravel().astype(np.float64)
+    kl = float(np.sum(v * np.log(v / wh)) - v.sum() + W.sum(axis=0) @ H.sum(axis=1))
+    assert kl == pytest.approx(summary["loss_last"], rel=1e-4)
+
+
 def _port_is_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
@@ -148,7 +171,21 @@ def test_cluster_script(tmp_path):
     # The scheduler the script started is gone afterwards.
     port = int(re.search(r"scheduler at tcp://127\.0\.0\.1:(\d+)", output).group(1))
     assert not _port_is_open(port)
-    import zarr
-
     W = zarr.open_array(str(tmp_path / "W_transform.zarr"), mode="r")
     assert W.shape == (6000, 5) and float(np.min(W[:])) >= 0
+
+
+def test_default_output_is_a_new_folder(capsys):
+    """Without --out, an example leaves the committed figures alone."""
+    committed = EXAMPLES / "figures"
+    before = {p.name: p.read_bytes() for p in committed.iterdir()}
+    load_example("digits").main(["--quick", "--max-iter", "5"])
+    printed = re.search(r"figures and numbers go to (\S+)", capsys.readouterr().out)
+    assert printed, "the example did not say where its output went"
+    out = Path(printed.group(1))
+    try:
+        assert out.resolve() != committed.resolve()
+        assert (out / "digits.json").is_file()
+        assert {p.name: p.read_bytes() for p in committed.iterdir()} == before
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

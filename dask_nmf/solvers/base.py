@@ -66,7 +66,8 @@ class PassReport:
     pass started from, 1 for the one it produced; ``done``: the solver's own
     stopping rule, evaluated in the pass, says the state it produced is the
     answer (for rules that are not on the loss history, see
-    :meth:`Solver.converged`).
+    :meth:`Solver.converged`), and ``criterion`` is the value that rule
+    compared with ``tol``.
     """
 
     before: float
@@ -75,6 +76,8 @@ class PassReport:
     penalty_after: float
     problem: tuple[int, str] | None = None
     done: bool = False
+    #: What a stopping rule evaluated in the pass compared with ``tol`` (NaN: none).
+    criterion: float = math.nan
 
 
 class Solver:
@@ -106,6 +109,10 @@ class Solver:
     #: Whether entries of W or H that start at zero stay zero (multiplicative
     #: updates: the driver warns about init="nndsvd", as scikit-learn does for MU).
     keeps_zeros: ClassVar[bool] = True
+    #: What the stopping rule compares with ``tol``, named for progress bars and
+    #: stop reasons, and the comparison that stops the fit.
+    criterion_name: ClassVar[str] = "decrease/err0"
+    criterion_stops: ClassVar[str] = "<"
 
     def __init__(
         self,
@@ -157,21 +164,30 @@ class Solver:
         """A :class:`PassReport` of the pass from ``state`` to ``state_next``."""
         raise NotImplementedError
 
+    def criterion(self, losses: list[float], t: int) -> float:
+        """The value the stopping rule compares with ``tol`` at state t, from the
+        loss history (NaN where the rule does not look: see :meth:`converged`).
+
+        scikit-learn's rule for MU looks every 10 iterations at the decrease of
+        the error ``sqrt(2 * loss)`` over the last 10, relative to the initial
+        error (not at the decrease over the last iteration).
+        """
+        if t % 10 != 0 or t < 10:
+            return math.nan
+        err0 = math.sqrt(2 * losses[0])
+        if err0 == 0:
+            return 0.0
+        return (math.sqrt(2 * losses[t - 10]) - math.sqrt(2 * losses[t])) / err0
+
     def converged(self, losses: list[float], t: int, tol: float) -> bool:
         """Whether state t is the answer, from the loss history (``losses[t]`` is
         state t's loss; NaN where it was not evaluated).
 
         scikit-learn's rule for MU: every 10 iterations, stop when the decrease
         of ``sqrt(2 * loss)`` over the last 10, relative to its initial value,
-        is below ``tol``.
+        is below ``tol`` (:meth:`criterion`).
         """
-        if tol <= 0 or t % 10 != 0 or t < 10:
-            return False
-        err0 = math.sqrt(2 * losses[0])
-        if err0 == 0:
-            return True
-        previous = math.sqrt(2 * losses[t - 10])
-        return (previous - math.sqrt(2 * losses[t])) / err0 < tol
+        return tol > 0 and self.criterion(losses, t) < tol  # (NaN: not tested)
 
     # -- outside a pass -----------------------------------------------------------
     def loss_terms(self, V: Any, W: np.ndarray, H: np.ndarray) -> dict:

@@ -183,6 +183,8 @@ class CoordinateDescent(FrobeniusMU):
 
     name: ClassVar[str] = "cd"
     loss_name: ClassVar[str] = "frobenius"
+    criterion_name: ClassVar[str] = "violation/first"
+    criterion_stops: ClassVar[str] = "<="
     beta: ClassVar[float] = 2.0
     losses_every_pass: ClassVar[bool] = True
     accelerates: ClassVar[bool] = True
@@ -287,7 +289,9 @@ class CoordinateDescent(FrobeniusMU):
 
     def pass_report(self, state: tuple, state_next: tuple, sums: dict, with_loss: bool):
         report = super().pass_report(state, state_next, sums, with_loss)
-        report.done = self._done(state_next[6], state_next[5], self.tol)
+        violation, init = state_next[6], state_next[5]
+        report.done = self._done(violation, init, self.tol)
+        report.criterion = 0.0 if init == 0 else violation / init
         return report
 
     @staticmethod
@@ -295,6 +299,9 @@ class CoordinateDescent(FrobeniusMU):
         """scikit-learn's rule: stop when ``violation / violation_init <= tol``
         (at once when the first violation is 0: a fixed point)."""
         return init == 0 or violation / init <= tol
+
+    def criterion(self, losses: list[float], t: int) -> float:
+        return math.nan  # the violation decides (PassReport.criterion), not the losses
 
     def converged(self, losses: list[float], t: int, tol: float) -> bool:
         return False  # the violation decides (PassReport.done), not the loss history
