@@ -558,7 +558,9 @@ def _missing_option(missing: str | None, mask: str | None) -> Any:
     try:
         return float(missing)
     except ValueError:
-        raise Abort(f"--missing must be 'nan' or a number (a fill value); got {missing!r}") from None
+        raise Abort(
+            f"--missing must be 'nan' or a number (a fill value); got {missing!r}"
+        ) from None
 
 
 def _split(dims: str | None) -> tuple[str, ...] | None:

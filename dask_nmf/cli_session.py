@@ -223,9 +223,7 @@ class Progress:
     validated are printed on a line of their own.
     """
 
-    def __init__(
-        self, max_iter: int, start: int, quiet: bool, rule: str = "", tol: float = 0.0
-    ):
+    def __init__(self, max_iter: int, start: int, quiet: bool, rule: str = "", tol: float = 0.0):
         self.quiet, self.max_iter, self.start = quiet, max_iter, start
         self.rule, self.tol = rule, tol
         self.loss_text = self.rule_text = ""

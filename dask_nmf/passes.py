@@ -131,9 +131,7 @@ def input_stats(
     V becomes a task result.
     """
     if reader is not None:
-        parts = [
-            dask.delayed(_stats_of_rows, pure=False)(reader, a, b, stats) for a, b in bounds
-        ]
+        parts = [dask.delayed(_stats_of_rows, pure=False)(reader, a, b, stats) for a, b in bounds]
     else:
         parts = [dask.delayed(stats, pure=False)(as_delayed(s)) for s in sources]
     total = tree_reduce(parts, kernels.merge_all_stats)

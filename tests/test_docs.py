@@ -138,9 +138,29 @@ def _xarray_cube(path: Path) -> None:
     ds.to_zarr(str(path), mode="w")
 
 
+def _adata(path: Path) -> None:
+    """A store written by anndata itself (CSR X, cell and gene names)."""
+    anndata = pytest.importorskip("anndata")
+    import scipy.sparse as sp
+
+    from dask_nmf.datasets import make_sparse_counts
+
+    X = sp.csr_matrix(make_sparse_counts(300, 50, 4, 0.2, seed=3))
+    names = dict(obs=[f"cell{i}" for i in range(300)], var=[f"gene{j}" for j in range(50)])
+    adata = anndata.AnnData(X, obs={"obs_names": names["obs"]}, var={"var_names": names["var"]})
+    adata.obs_names, adata.var_names = names["obs"], names["var"]
+    adata.write_zarr(str(path))
+
+
 #: What each page's blocks read, made fresh in the block's directory.
 INPUTS = {
-    "README.md": {"V.zarr": _dense, "cells.zarr": _cells, "cube.zarr": _xarray_cube},
+    "README.md": {
+        "V.zarr": _dense,
+        "cells.zarr": _cells,
+        "cube.zarr": _xarray_cube,
+        "later.zarr": _xarray_cube,
+        "adata.zarr": _adata,
+    },
     "examples/hyperspectral.md": {"cube.zarr": lambda p: _dense(p, 2000, 64)},
     "examples/cluster.md": {"scratch/V.zarr": _dense},
 }
@@ -234,5 +254,7 @@ def test_block_runs(block: Block, tmp_path):
     if block.skip:
         pytest.skip(f"marked in the page: {block.skip}")
     proc = run_block(block, tmp_path)
-    assert proc.returncode == 0, f"{block.id} failed:\n{block.code}\n--- output ---\n{proc.stdout[-8000:]}"
+    assert proc.returncode == 0, (
+        f"{block.id} failed:\n{block.code}\n--- output ---\n{proc.stdout[-8000:]}"
+    )
     assert "Traceback" not in proc.stdout, proc.stdout[-8000:]

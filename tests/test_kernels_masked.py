@@ -88,7 +88,8 @@ def test_an_entirely_missing_row_and_column_stay_finite(problem, beta):
 def test_w_updates_are_the_block_steps(problem):
     V, M, W, H = problem
     np.testing.assert_allclose(
-        km.frobenius_w_update(V, M, W, H, 0.1, 0.2), km.frobenius_block_step(V, M, W, H, 0.1, 0.2)[0]
+        km.frobenius_w_update(V, M, W, H, 0.1, 0.2),
+        km.frobenius_block_step(V, M, W, H, 0.1, 0.2)[0],
     )
     np.testing.assert_allclose(
         km.kl_w_update(V, M, W, H, 0.1, 0.2), km.kl_block_step(V, M, W, H, 0.1, 0.2)[0]

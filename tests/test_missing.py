@@ -111,7 +111,9 @@ def test_zarr_store_with_a_fill_value_reread_every_pass(tmp_path, holes):
     V, M, start = holes
     path = write_zarr(tmp_path / "V.zarr", np.where(M, V, -9999.0), chunks=(23, 41))
     W_ref, H_ref, _, _ = reference_masked_mu(V, M, *start, 2, 12)
-    res = fit_from(path, start, "frobenius", missing=-9999, max_iter=12, tol=0, keep_in_memory=False)
+    res = fit_from(
+        path, start, "frobenius", missing=-9999, max_iter=12, tol=0, keep_in_memory=False
+    )
     np.testing.assert_allclose(np.asarray(res.W), W_ref, rtol=1e-10)
     np.testing.assert_allclose(res.H, H_ref, rtol=1e-10)
     with pytest.raises(InputError, match="negative values"):  # the fill is not missing here
