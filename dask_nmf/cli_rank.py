@@ -87,8 +87,8 @@ def rank(
     click.echo(result.table())
     stopped = "converged" if result.converged else "max_iter reached"
     click.echo(
-        f"best k = {result.best_k} (lowest held-out error); {result.n_iter} passes over INPUT "
-        f"for {len(result.candidates)} fits ({stopped}), {result.seconds:.1f} s"
+        f"chosen k = {result.best_k} (the smallest k within one std of the lowest held-out "
+        f"error); {result.n_iter} passes over INPUT for {len(result.candidates)} fits ({stopped}), {result.seconds:.1f} s"
     )
     if plot:
         result.plot(plot)

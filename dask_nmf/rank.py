@@ -56,7 +56,8 @@ class RankSelection:
     ks : list of int
         The candidate ranks.
     best_k : int
-        The rank with the lowest held-out error.
+        The smallest rank whose held-out error is within one standard deviation
+        (over the restarts) of the lowest (see :func:`choose_k`).
     rows : list of dict
         One per k: ``k``; ``held_out_error`` and ``train_error`` of the restart
         with the lowest training cost (the fit one would keep); the mean and
@@ -96,7 +97,7 @@ class RankSelection:
         head += f"{'silhouette':>10} {'similarity':>10}"
         lines = [head]
         for r in self.rows:
-            mark = "  <- best" if r["k"] == self.best_k else ""
+            mark = "  <- chosen" if r["k"] == self.best_k else ""
             lines.append(
                 f"{r['k']:>4} {r['held_out_error']:>15.6g} {r['held_out_std']:>15.2g} "
                 f"{r['train_error']:>12.6g} {r['silhouette']:>10.3f} {r['similarity']:>10.3f}{mark}"
@@ -360,7 +361,7 @@ def _summarize(stacked, it, losses, sums, ks, n_restarts, holdout, seconds) -> R
                 similarity=similarity,
             )
         )
-    best_k = min(rows, key=lambda r: r["held_out_error"])["k"]
+    best_k = choose_k(rows)
     return RankSelection(
         ks=list(ks),
         best_k=int(best_k),
@@ -374,6 +375,20 @@ def _summarize(stacked, it, losses, sums, ks, n_restarts, holdout, seconds) -> R
         beta_loss=name,
         seconds=seconds,
     )
+
+
+def choose_k(rows: list[dict]) -> int:
+    """The smallest k whose held-out error is within one standard deviation of
+    the lowest: cross-validation's one-standard-error rule, with the spread of
+    the restarts at the lowest as the error's scale.
+
+    Past the data's rank the held-out error is flat up to the noise of the
+    fits (extra components fit noise as much as they fit structure), so the
+    lowest point there is chance; the rule takes the first k on that plateau.
+    """
+    lowest = min(rows, key=lambda r: r["held_out_error"])
+    cutoff = lowest["held_out_error"] + lowest["held_out_std"]
+    return int(min(r["k"] for r in rows if r["held_out_error"] <= cutoff))
 
 
 def stability(Hs: list[np.ndarray], reference: int = 0) -> tuple[float, float]:

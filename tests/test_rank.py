@@ -114,7 +114,7 @@ def test_picks_the_planted_rank_and_its_components_are_stable(seed, k):
     assert by_k[k]["held_out_error"] < 0.5 * by_k[k - 1]["held_out_error"]
     assert by_k[k + 2]["train_error"] < by_k[k]["train_error"]  # training error keeps falling
     assert by_k[k + 2]["silhouette"] < by_k[k]["silhouette"]
-    assert "<- best" in res.table()
+    assert "<- chosen" in res.table()
 
 
 def test_reads_each_chunk_once_per_pass_for_all_ranks(tmp_path):
@@ -130,6 +130,19 @@ def test_reads_each_chunk_once_per_pass_for_all_ranks(tmp_path):
         )
         reads[n_iter] = store.chunk_reads
     assert (reads[7] - reads[3]) / 4 == 8
+
+
+def test_choose_k_takes_the_first_k_on_the_plateau():
+    from dask_nmf.rank import choose_k
+
+    def row(k, err, std):
+        return dict(k=k, held_out_error=err, held_out_std=std)
+
+    rows = [row(2, 0.5, 0.01), row(3, 0.2, 0.01), row(4, 0.103, 0.01), row(5, 0.1, 0.002)]
+    assert choose_k(rows) == 5  # within 0.002 of the lowest: only k = 5
+    rows[-1]["held_out_std"] = 0.005
+    assert choose_k(rows) == 4  # k = 4 is within one std of the lowest
+    assert choose_k([row(2, 0.3, 0.0), row(3, 0.1, 0.0)]) == 3
 
 
 def test_stability_of_identical_and_of_shuffled_components(rng):
@@ -189,7 +202,7 @@ def test_rank_command_and_plot(tmp_path):
         ],
     )
     assert r.exit_code == 0, r.output
-    assert "held-out error" in r.output and "<- best" in r.output
+    assert "held-out error" in r.output and "<- chosen" in r.output
     assert png.stat().st_size > 1000
     import json
 
