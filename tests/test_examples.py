@@ -114,7 +114,8 @@ def test_hyperspectral(tmp_path):
 def test_missing_values(tmp_path):
     """A cube with 20 % of its pixels under clouds unmixes about as well as the clear cube."""
     summary = load_example("missing_values").main(["--quick", "--out", str(tmp_path)])
-    check_figures(tmp_path, ["missing_values_spectra.png"])
+    check_figures(tmp_path, ["missing_values_spectra.png", "missing_values_rank.png"])
+    assert summary["rank"]["chosen_k"] == summary["endmembers"]
     assert abs(summary["cloud_fraction"] - 0.2) < 0.01
     cloudy, clear = summary["cloudy"], summary["clear"]
     assert max(cloudy["spectral_angles_deg"]) < max(clear["spectral_angles_deg"]) + 2.0
