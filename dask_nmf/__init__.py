@@ -7,10 +7,11 @@ Kullback-Leibler costs, one pass over V per iteration, on a dask cluster.
 __version__ = "0.1.0"
 
 from .cluster import ClusterError
-from .driver import factorize, transform
+from .driver import factorize
 from .io import InputError
 from .loop import FitError
 from .persistence import NMFResult, load
+from .projection import transform
 from .rank import RankSelection, select_rank
 
 __all__ = [

@@ -291,22 +291,25 @@ def fit(
         try:
             with interrupts, warnings.catch_warnings():
                 warnings.simplefilter("ignore", resuming.ResumeNote)  # (said above)
+                reading = options.ReadOptions(
+                    block_rows=block_rows,
+                    keep_in_memory=keep_in_memory,
+                    array=array_name,
+                    dtype=dtype,
+                    mask=mask,
+                    **xr_opts,
+                )
                 res = fail_on_input_errors(
                     driver.fit,
                     input_,
                     fit_options,
-                    block_rows=block_rows,
+                    reading,
                     client=client,
                     callback=progress,
                     on_criterion=progress.criterion,
                     checkpoint=output,
                     resume=resume,
                     overwrite=overwrite,
-                    array=array_name,
-                    dtype=dtype,
-                    keep_in_memory=keep_in_memory,
-                    mask=mask,
-                    **xr_opts,
                     on_checkpoint=lambda it, path: progress.log(
                         f"checkpoint: iteration {it} -> {path}"
                     ),
@@ -373,7 +376,7 @@ def transform(
     """
     import zarr
 
-    from . import driver, outputs, persistence
+    from . import driver, outputs, persistence, projection
 
     check_cluster_options(scheduler, scheduler_file, n_workers, threads_per_worker, memory_limit)
     check_input_format(input_)
@@ -392,7 +395,7 @@ def transform(
         scheduler, n_workers, threads_per_worker, memory_limit, quiet, scheduler_file
     ) as client:
         W = fail_on_input_errors(
-            driver.transform,
+            projection.transform,
             input_,
             H,
             beta_loss=params.get("beta_loss", "frobenius"),

@@ -23,12 +23,10 @@ import contextlib
 import math
 import shutil
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 
@@ -41,16 +39,13 @@ from .io import (
     InputError,
     InputMatrix,
     block_sources,
-    check_features,
     check_stats,
-    default_feature_dims,
     label_results,
-    open_input,
 )
 from .loop import CostWatch, Iterate, IterationLoop
 from .missing import check_input as check_missing_input
 from .missing import masked_input, split_missing, stats_function
-from .options import FitOptions
+from .options import FitOptions, ReadOptions
 from .passes import PassBuilder, as_delayed, input_stats
 from .persistence import NMFResult
 
@@ -204,18 +199,20 @@ def factorize(
     """
     if init is None and W_init is not None and H_init is not None:
         init = "custom"
-    if isinstance(n_components, str) and n_components == "auto":
-        n_components = _auto_rank(
-            V,
-            W_init,
-            H_init,
-            array=array,
-            storage_options=storage_options,
-            variable=variable,
-            sample_dims=sample_dims,
-            feature_dims=feature_dims,
-        )
     missing, mask = split_missing(missing)
+    reading = ReadOptions(
+        block_rows=block_rows,
+        keep_in_memory=keep_in_memory,
+        array=array,
+        dtype=dtype,
+        storage_options=storage_options,
+        variable=variable,
+        sample_dims=sample_dims,
+        feature_dims=feature_dims,
+        mask=mask,
+    )
+    if isinstance(n_components, str) and n_components == "auto":
+        n_components = _auto_rank(V, W_init, H_init, reading)
     options = FitOptions(
         n_components,
         beta_loss=beta_loss,
@@ -236,80 +233,59 @@ def factorize(
     return fit(
         V,
         options,
-        mask=mask,
+        reading,
         W_init=W_init,
         H_init=H_init,
-        block_rows=block_rows,
         client=client,
         callback=callback,
         verbose=verbose,
         checkpoint=checkpoint,
         resume=resume,
         overwrite=overwrite,
-        keep_in_memory=keep_in_memory,
-        array=array,
-        dtype=dtype,
-        storage_options=storage_options,
         on_checkpoint=on_checkpoint,
         on_criterion=on_criterion,
-        variable=variable,
-        sample_dims=sample_dims,
-        feature_dims=feature_dims,
     )
 
 
 def fit(
     V: Any,
     options: FitOptions,
+    reading: ReadOptions | None = None,
     *,
     W_init: Any = None,
     H_init: Any = None,
-    block_rows: int | None = None,
     client: Any = None,
     callback: Callable[[int, float], Any] | None = None,
     verbose: bool = False,
     checkpoint: Any = None,
     resume: bool = False,
     overwrite: bool = False,
-    keep_in_memory: bool | None = None,
-    array: str | None = None,
-    dtype: Any = None,
-    storage_options: dict | None = None,
     on_checkpoint: Callable[[int, Any], Any] | None = None,
     on_criterion: Callable[[int, float], Any] | None = None,
-    variable: str | None = None,
-    sample_dims: Any = None,
-    feature_dims: Any = None,
-    mask: Any = None,
 ) -> NMFResult:
     """:func:`factorize` with its options already made (what the estimator and
-    the command line call, having validated the options before anything else).
+    the command line call, having validated the options before anything else):
+    ``options`` the algorithm's, ``reading`` how V is read; the rest are
+    :func:`factorize`'s parameters of the same names.
 
     Flow: open V → claim the output → validate V → solver and initial state →
-    :class:`~dask_nmf.loop.IterationLoop` → result.  The parameters are
-    :func:`factorize`'s; ``mask`` is the boolean array of ``missing="mask"``.
+    :class:`~dask_nmf.loop.IterationLoop` → result.
     """
     t_start = time.perf_counter()
+    reading = reading or ReadOptions()
     if resume and checkpoint is None:
         raise InputError("resume=True needs checkpoint= naming the store to resume from")
 
+    storage_options = reading.storage_options
     V_places = outputs.input_locations(V, storage_options)
-    V = masked_input(V, options.missing, mask, storage_options)
+    V = masked_input(V, options.missing, reading.mask, storage_options)
     runner = Runner(resolve_client(client))
+    block_rows = reading.block_rows
     if resume and block_rows is None and checkpoint is not None:
         # Continue with the checkpoint's row blocks (W is stored in them).
         with contextlib.suppress(FileNotFoundError, ValueError):
             block_rows = persistence.read_meta(checkpoint, storage_options)["params"]["block_rows"]
-    opening = dict(
-        array=array,
-        dtype=dtype,
-        storage_options=storage_options,
-        parallelism=runner.parallelism,
-        variable=variable,
-        sample_dims=sample_dims,
-        feature_dims=feature_dims,
-    )
-    Vin = open_input(V, block_rows, block_bytes=runner.block_bytes, **opening)
+    Vin = reading.open(V, runner, block_rows)
     runner.expect_blocks(Vin, checkpoint, storage_options)  # (for ClusterError's messages)
     check_missing_input(Vin, options.missing)
     m, n = Vin.shape
@@ -347,6 +323,7 @@ def fit(
 
         # Keep V's decoded blocks in memory when they fit: every pass after the first
         # is then a memory-bound one.
+        keep_in_memory = reading.keep_in_memory
         if Vin.array is not None:
             if keep_in_memory is None:
                 keep_in_memory = Vin.nbytes <= runner.memory_budget()
@@ -494,126 +471,16 @@ def _announce(verbose: bool, on_checkpoint: Callable | None) -> Callable[[int, A
     return saved
 
 
-def _auto_rank(V: Any, W_init: Any, H_init: Any, **open_kw: Any) -> int:
+def _auto_rank(V: Any, W_init: Any, H_init: Any, reading: ReadOptions) -> int:
     """scikit-learn's ``n_components="auto"``: the rank of the custom W or H,
     else the number of features (V's columns)."""
     if H_init is not None and np.ndim(H_init) == 2:
         return int(np.shape(H_init)[0])
     if W_init is not None and np.ndim(W_init) == 2:
         return int(np.shape(W_init)[1])
-    return int(input_matrix(V, **{k: v for k, v in open_kw.items() if v is not None}).shape[1])
+    return int(reading.open(V).shape[1])
 
 
 def input_matrix(V: Any, block_rows: int | None = None, **kw) -> InputMatrix:
     """Open V as the driver would (exposed for the estimator and the CLI)."""
-    return open_input(V, block_rows, parallelism=Runner(resolve_client(None)).parallelism, **kw)
-
-
-def transform(
-    V: Any,
-    H: np.ndarray,
-    *,
-    beta_loss: str | float = "frobenius",
-    solver: str = "mu",
-    max_iter: int = 200,
-    tol: float = 1e-4,
-    alpha_W: float = 0.0,
-    l1_ratio: float = 0.0,
-    block_rows: int | None = None,
-    client: Any = None,
-    storage_options: dict | None = None,
-    array: str | None = None,
-    shuffle: bool = False,
-    random_state: Any = None,
-    missing: Any = None,
-    variable: str | None = None,
-    sample_dims: Any = None,
-    feature_dims: Any = None,
-) -> Any:
-    """W for the rows of V with H fixed: the solver on W alone, each row block on its own.
-
-    ``shuffle`` and ``random_state``: for solvers that update coordinates in
-    turn (as in :func:`factorize`).  ``missing`` as in :func:`factorize`: each
-    row's W then fits its observed entries only.
-
-    No reduction runs between the blocks (apart from the one validation pass
-    that also gives the mean of V, from which W starts, as in scikit-learn).
-
-    Parameters
-    ----------
-    V : str, os.PathLike, zarr.Array, dask.array.Array, numpy.ndarray or xarray object
-        The rows to transform, with H's features; as in :func:`factorize`.
-    H : numpy.ndarray or xarray.DataArray
-        The fixed k x n factor, e.g. a fit's ``res.H`` (labelled for xarray V).
-    beta_loss, solver, max_iter, tol, alpha_W, l1_ratio : optional
-        The fit's settings (see :func:`factorize`); ``tol`` and ``max_iter``
-        bound each block's solve.
-    block_rows, client, storage_options, array : optional
-        As in :func:`factorize`.
-    shuffle, random_state : optional
-        For solvers that update coordinates in turn (as in :func:`factorize`).
-    variable, sample_dims, feature_dims : optional
-        For xarray V, as in :func:`factorize`.  Given a labelled H (a fit's
-        ``res.H``), ``feature_dims`` defaults to the dimensions its columns
-        stand for, and V's feature coordinates must equal H's.
-
-    Returns
-    -------
-    dask.array.Array or xarray.DataArray
-        Lazy, m x k, chunked by V's row blocks; for xarray V (or an AnnData
-        store), a DataArray labelled with V's sample coordinates.
-    """
-    H_labelled = H
-    feature_dims = default_feature_dims(V, H, variable, sample_dims, feature_dims)
-    H = np.asarray(H)
-    k, n = H.shape
-    # The fit's options, checked as a fit's are (H is fixed: no penalty on it).
-    options = FitOptions(
-        k,
-        beta_loss=beta_loss,
-        solver=solver,
-        max_iter=max_iter,
-        tol=tol,
-        random_state=random_state,
-        alpha_W=alpha_W,
-        alpha_H=0.0,
-        l1_ratio=l1_ratio,
-        shuffle=shuffle,
-        missing=split_missing(missing)[0],
-    )
-    V = masked_input(V, options.missing, split_missing(missing)[1], storage_options)
-    runner = Runner(resolve_client(client))
-    Vin = open_input(
-        V,
-        block_rows,
-        array=array,
-        dtype=H.dtype,
-        storage_options=storage_options,
-        parallelism=runner.parallelism,
-        variable=variable,
-        sample_dims=sample_dims,
-        feature_dims=feature_dims,
-    )
-    check_features(Vin.labels, H_labelled)
-    if Vin.shape[1] != n:
-        raise InputError(f"V has {Vin.shape[1]} columns but the model has {n} features")
-    check_missing_input(Vin, options.missing)
-    sources = runner.place(block_sources(Vin))
-    stats = input_stats(runner, sources, stats=stats_function(options.missing))
-    check_stats(stats, dtype=Vin.dtype, shape=Vin.shape, k=k)
-    options.algorithm.check_stats(stats)
-    solver = options.solver_for(Vin.shape, stats, H.dtype)
-    w_start = float(np.sqrt(stats["sum"] / stats.get("observed", Vin.shape[0] * n) / k))
-    Hd = dask.delayed(H, name=f"nmf-H-{uuid.uuid4().hex}")
-    blocks = [
-        da.from_delayed(
-            dask.delayed(solver.transform_block, pure=False)(
-                as_delayed(s), Hd, w_start, int(max_iter), float(tol)
-            ),
-            shape=(b - a, k),
-            dtype=H.dtype,
-        )
-        for s, (a, b) in zip(sources, Vin.bounds)
-    ]
-    W = da.concatenate(blocks, axis=0)
-    return label_results(W, H, Vin.labels)[0]
+    return ReadOptions(block_rows=block_rows, **kw).open(V)

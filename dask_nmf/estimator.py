@@ -21,10 +21,10 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from . import driver
+from . import driver, projection
 from .cluster import Runner, resolve_client
 from .io import InputError, default_feature_dims, feature_dims_of
-from .options import INITS, FitOptions
+from .options import INITS, FitOptions, ReadOptions
 from .persistence import load
 from .sklearn_compat import (
     DtypeError,
@@ -345,15 +345,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 )
         self._n_components = int(k)  # (scikit-learn's name for the rank in use)
         # Our own checks too (finite alpha and tol), before V is sent anywhere.
+        reading = ReadOptions(
+            block_rows=self.block_rows, keep_in_memory=self.keep_in_memory, **labelled
+        )
         res = driver.fit(
-            X,
-            self._options(int(k)),
-            W_init=W,
-            H_init=H,
-            block_rows=self.block_rows,
-            verbose=bool(self.verbose),
-            keep_in_memory=self.keep_in_memory,
-            **labelled,
+            X, self._options(int(k)), reading, W_init=W, H_init=H, verbose=bool(self.verbose)
         )
         if not res.converged and self.tol > 0:
             warnings.warn(
@@ -446,7 +442,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 f"H should have the same dtype as X. Got H.dtype = {H.dtype}. (The model was "
                 f"fitted in {H.dtype} and X is {dtype}: pass X as {H.dtype}.)"
             )
-        W = driver.transform(
+        W = projection.transform(
             X,
             H,
             beta_loss=self.beta_loss,

@@ -154,3 +154,46 @@ class FitOptions:
         if self.alpha_H != "same":
             out["alpha_H"] = float(self.alpha_H)
         return out
+
+
+# --------------------------------------------------------------------------
+# How V is read
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReadOptions:
+    """How V is opened and read: the same for a fit, a transform, the estimator
+    and the command line.  The fields are :func:`dask_nmf.factorize`'s
+    parameters of the same names; ``mask`` is the boolean array of
+    ``missing=<mask>``."""
+
+    block_rows: int | None = None
+    keep_in_memory: bool | None = None
+    array: str | None = None
+    dtype: Any = None
+    storage_options: dict | None = None
+    variable: str | None = None
+    sample_dims: Any = None
+    feature_dims: Any = None
+    mask: Any = None
+
+    def open(self, V: Any, runner: Any = None, block_rows: int | None = None, **override: Any):
+        """V as an :class:`~dask_nmf.io.InputMatrix` (metadata only): row blocks
+        of ``block_rows`` (default: this object's, else sized for ``runner``'s
+        workers; no ``runner``: for dask's local scheduler)."""
+        from .cluster import Runner, resolve_client
+        from .io import open_input
+
+        runner = runner if runner is not None else Runner(resolve_client(None))
+        opening = dict(
+            array=self.array,
+            dtype=self.dtype,
+            storage_options=self.storage_options,
+            variable=self.variable,
+            sample_dims=self.sample_dims,
+            feature_dims=self.feature_dims,
+        )
+        opening.update(override)
+        rows = self.block_rows if block_rows is None else block_rows
+        return open_input(
+            V, rows, parallelism=runner.parallelism, block_bytes=runner.block_bytes, **opening
+        )

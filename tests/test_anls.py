@@ -13,7 +13,6 @@ from conftest import one_pass, write_zarr
 from scipy.optimize import nnls
 
 import dask_nmf
-from dask_nmf import driver
 from dask_nmf.solvers import AlternatingNNLS, Regularization, solver_class
 from dask_nmf.solvers.anls import nnls_bpp
 
@@ -127,7 +126,7 @@ def test_store_sparse_and_numpy_agree_and_stop(tmp_path, V_small, start):
 def test_transform_is_the_exact_nnls(V_small, start):
     """transform with solver="anls": each row's NNLS given H, by the estimator too."""
     res = dask_nmf.factorize(V_small, 4, solver="anls", max_iter=10, random_state=0)
-    W = np.asarray(driver.transform(V_small[:30], res.H, solver="anls"))
+    W = np.asarray(dask_nmf.transform(V_small[:30], res.H, solver="anls"))
     np.testing.assert_allclose(W, scipy_nnls_columns(res.H.T, V_small[:30].T).T, atol=1e-9)
     est = dask_nmf.NMF(4, solver="anls", max_iter=10, random_state=0).fit(V_small)
     np.testing.assert_allclose(

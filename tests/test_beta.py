@@ -22,7 +22,7 @@ from sklearn.decomposition import NMF as SkNMF
 from sklearn.decomposition._nmf import _beta_divergence
 
 import dask_nmf
-from dask_nmf import driver, kernels
+from dask_nmf import kernels
 from dask_nmf.cli import cli
 from dask_nmf.io import InputError
 from dask_nmf.solvers import (
@@ -243,7 +243,7 @@ def test_zeros_refused_for_beta_at_most_zero(rng, beta):
         dask_nmf.NMF(3, beta_loss=beta, max_iter=5).fit(V)
     H = rng.random((3, 20)) + 0.1
     with pytest.raises(InputError, match="the solver may diverge"):
-        driver.transform(V, H, beta_loss=beta)
+        dask_nmf.transform(V, H, beta_loss=beta)
 
 
 @pytest.mark.parametrize("beta", [0, 0.5, 3])
