@@ -42,7 +42,7 @@ from .io import (
     check_stats,
     label_results,
 )
-from .loop import CostWatch, Iterate, IterationLoop
+from .loop import Iterate, IterationLoop
 from .missing import check_input as check_missing_input
 from .missing import masked_input, split_missing, stats_function
 from .options import FitOptions, ReadOptions
@@ -408,18 +408,8 @@ def fit(
             if callback is not None:
                 callback(s, loss)
 
-        loop = IterationLoop(
-            passes,
-            solver,
-            runner,
-            max_iter=options.max_iter,
-            tol=options.tol,
-            loss_every=options.loss_every,
-            checkpoints=checkpoints,
-            checkpoint_every=options.checkpoint_every,
-            report=report,
-            watch=CostWatch(solver, options.alpha_W, options.alpha_H),
-            on_criterion=on_criterion,
+        loop = IterationLoop.of_options(
+            passes, solver, runner, options, checkpoints, report, on_criterion
         )
         it = loop.run(it)
         if checkpoint is not None:

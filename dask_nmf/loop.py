@@ -98,6 +98,32 @@ class IterationLoop:
         self.checkpoints, self.checkpoint_every = checkpoints, checkpoint_every
         self.report, self.watch = report, watch
 
+    @classmethod
+    def of_options(
+        cls,
+        passes: PassBuilder,
+        solver: Solver,
+        runner: Runner,
+        options: Any,
+        checkpoints: Checkpoints | None,
+        report: Callable[[int, float], Any],
+        on_criterion: Callable[[int, float], Any] | None = None,
+    ) -> IterationLoop:
+        """The loop a fit with :class:`~dask_nmf.options.FitOptions` ``options`` runs."""
+        return cls(
+            passes,
+            solver,
+            runner,
+            max_iter=options.max_iter,
+            tol=options.tol,
+            loss_every=options.loss_every,
+            checkpoints=checkpoints,
+            checkpoint_every=options.checkpoint_every,
+            report=report,
+            watch=CostWatch(solver, options.alpha_W, options.alpha_H),
+            on_criterion=on_criterion,
+        )
+
     def run(self, it: Iterate) -> Iterate:
         """Iterate until done; returns the answer with H as an array."""
         self.known = len(it.losses)  # on resume, losses may include state t's

@@ -40,7 +40,7 @@ from . import kernels
 from .cluster import Runner, resolve_client
 from .init import random_init
 from .io import InputError, block_sources, check_stats, open_input
-from .loop import CostWatch, Iterate, IterationLoop
+from .loop import Iterate, IterationLoop
 from .options import FitOptions, is_int
 from .passes import PassBuilder, as_delayed, input_stats, tree_reduce
 from .solvers import masked_solver_class
@@ -293,18 +293,8 @@ def select_rank(
     with contextlib.ExitStack() as settings:
         settings.enter_context(runner.blas_limits())
         passes = PassBuilder(runner, Vm, sources, None, stacked)
-        loop = IterationLoop(
-            passes,
-            stacked,
-            runner,
-            max_iter=options.max_iter,
-            tol=options.tol,
-            loss_every=options.loss_every,
-            checkpoints=None,
-            checkpoint_every=options.checkpoint_every,
-            report=callback or (lambda t, loss: None),
-            watch=CostWatch(stacked, alpha_W, alpha_H),
-        )
+        report = callback or (lambda t, loss: None)
+        loop = IterationLoop.of_options(passes, stacked, runner, options, None, report)
         it = loop.run(Iterate(runner.place(W_src), H, 0))
         parts = [
             dask.delayed(stacked.errors, pure=False)(v, as_delayed(w), it.H)

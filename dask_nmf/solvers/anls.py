@@ -34,6 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import kernels
+from .cd import gram
 from .mu_frobenius import FrobeniusMU, _expansion_loss
 
 #: Kim & Park's backup rule: full exchanges allowed without progress before
@@ -135,16 +136,10 @@ class AlternatingNNLS(FrobeniusMU):
     accelerates: ClassVar[bool] = False
     keeps_zeros: ClassVar[bool] = False
 
-    def _gram(self, H: np.ndarray, l2: float) -> np.ndarray:
-        HHt = H @ H.T
-        if l2 != 0:
-            HHt.flat[:: HHt.shape[0] + 1] += l2
-        return HHt
-
     def start(
         self, H: np.ndarray, loss_unknown: bool = False, t: int = 0, carry: dict | None = None
     ) -> tuple:
-        return H, self._gram(H, self.reg.l2_W), bool(loss_unknown), math.nan
+        return H, gram(H, self.reg.l2_W), bool(loss_unknown), math.nan
 
     def _w_rows(self, V: Any, W: np.ndarray | None, H: np.ndarray, G: np.ndarray) -> np.ndarray:
         """The exact W rows for the rows of V given H (warm-started from W's support)."""
@@ -188,7 +183,7 @@ class AlternatingNNLS(FrobeniusMU):
         HHt = H_new @ H_new.T
         loss = _expansion_loss(self.norm_v2, sums["A"], sums["B"], H_new, HHt)
         direct = not 2 * loss >= self.direct_below * self.norm_v2
-        return H_new, self._gram(H_new, self.reg.l2_W), direct, loss
+        return H_new, gram(H_new, self.reg.l2_W), direct, loss
 
     def converged(self, losses: list[float], t: int, tol: float) -> bool:
         """The decrease of ``sqrt(2 * loss)`` over iteration t, relative to the
@@ -211,4 +206,4 @@ class AlternatingNNLS(FrobeniusMU):
             return np.zeros((0, H.shape[0]), dtype=H.dtype)
         if sp.issparse(V):
             V = V.tocsr()
-        return self._w_rows(V, None, H, self._gram(H, self.reg.l2_W))
+        return self._w_rows(V, None, H, gram(H, self.reg.l2_W))

@@ -238,6 +238,17 @@ class Solver:
         raise NotImplementedError
 
     # -- shared checks ----------------------------------------------------------------
+    def _v_changed(self, v_sum: float, what: str = "its sum") -> tuple[int, str] | None:
+        """A problem if the sum of V this pass read differs from the validation
+        pass's (V changed while the fit read it), else None."""
+        if abs(v_sum - self.v_sum) > 1e-8 * abs(self.v_sum):
+            return (
+                0,
+                f"V changed while the fit read it: {what} is now {v_sum:.9g}, "
+                f"{self.v_sum:.9g} when the fit started",
+            )
+        return None
+
     @staticmethod
     def _problem(before: float, before_known: bool, after: float, H_next: np.ndarray):
         """What broke in a pass, if anything (see :class:`PassReport`)."""

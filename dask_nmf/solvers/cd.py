@@ -170,6 +170,14 @@ def sweeps(
     return violation
 
 
+def gram(H: np.ndarray, l2: float) -> np.ndarray:
+    """``H Hᵀ + l2 I``: scikit-learn's L2 penalty is an increase of the diagonal."""
+    HHt = H @ H.T
+    if l2 != 0:
+        HHt.flat[:: HHt.shape[0] + 1] += l2
+    return HHt
+
+
 class CoordinateDescent(FrobeniusMU):
     """scikit-learn's coordinate descent (Frobenius only).
 
@@ -199,10 +207,7 @@ class CoordinateDescent(FrobeniusMU):
         return permutation(self.random_state, k, index)
 
     def _gram(self, H: np.ndarray, l2: float) -> np.ndarray:
-        HHt = H @ H.T
-        if l2 != 0:  # scikit-learn: L2 is an increase of the diagonal
-            HHt.flat[:: HHt.shape[0] + 1] += l2
-        return HHt
+        return gram(H, l2)
 
     # -- the pass ---------------------------------------------------------------
     def start(

@@ -142,12 +142,7 @@ class MaskedKullbackLeiblerMU(_Masked):
             penalty_before = self.reg.penalty(sums["w0_sum"], sums["w0_sq"], H)
         problem = self._problem(before, with_loss, 0.0, H_next)
         if with_loss and math.isfinite(before):
-            if abs(sums["v_sum"] - self.v_sum) > 1e-8 * abs(self.v_sum):
-                problem = (
-                    0,
-                    f"V changed while the fit read it: the sum of its observed entries is "
-                    f"now {sums['v_sum']:.9g}, {self.v_sum:.9g} when the fit started",
-                )
+            problem = self._v_changed(sums["v_sum"], "the sum of its observed entries") or problem
         return PassReport(
             before,
             math.nan,

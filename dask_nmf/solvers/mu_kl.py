@@ -51,12 +51,7 @@ class KullbackLeiblerMU(Solver):
             penalty_before = self.reg.penalty(sums["w0_sum"], sums["w0_sq"], H)
         problem = self._problem(before, with_loss, 0.0, H_next)
         if with_loss and math.isfinite(before):
-            if abs(sums["v_sum"] - self.v_sum) > 1e-8 * abs(self.v_sum):
-                problem = (
-                    0,
-                    f"V changed while the fit read it: its sum is now {sums['v_sum']:.9g}, "
-                    f"{self.v_sum:.9g} when the fit started",
-                )
+            problem = self._v_changed(sums["v_sum"]) or problem
         return PassReport(
             before,
             math.nan,
