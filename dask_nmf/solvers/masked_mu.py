@@ -20,8 +20,8 @@ observed entry, so it forms W·H densely as the unmasked KL does.
 
 scikit-learn's regularization enters exactly as in the unmasked MU (scaled by
 V's shape, not by the observed count).  The loss is over the observed entries;
-the Frobenius loss of the state a pass starts from comes with the pass (the
-residual needs W·H, which the update forms anyway).
+the Frobenius loss of the state a pass starts from comes with the pass (from
+the products the update forms anyway, or directly where their terms cancel).
 """
 
 from __future__ import annotations
