@@ -8,7 +8,7 @@ Before each timing a run waits up to --quiet-wait seconds (default 60; at most
 --quiet-budget per case) for the machine to be idle, so on a busy machine it
 takes longer: run it on a quiet one.
 
-Cases (in this order): peers, roofline, profile, outofcore, scaling, sparse, codecs.
+Cases (in this order): peers, roofline, profile, outofcore, scaling, sparse, codecs, missing.
 Each prints its tables and writes ``<case>.json`` (sweeps also a PNG) to a new
 ``benchmarks/results/runs/<time>/`` unless ``--out`` says where (``--out
 benchmarks/results`` replaces the committed results); all printed tables of the
@@ -38,6 +38,7 @@ CASES = {
     "scaling": "bench_scaling",
     "sparse": "bench_sparse",
     "codecs": "bench_codecs",
+    "missing": "bench_missing",
 }
 
 

@@ -30,6 +30,12 @@ H_FLOOR = float(np.finfo(np.float64).eps)
 #: V (and W·H for KL) in the last-level cache while both products use it.
 SUB_BLOCK_BYTES = 4 * 2**20
 
+#: Below this fraction of ||V||^2 an expanded Frobenius loss
+#: ``||V||^2 - 2<V Hᵀ, W> + <WᵀW, H Hᵀ>`` has few digits left (its terms cancel;
+#: their rounding is ~eps * ||V||^2), so the residual is computed directly.  By
+#: the dtype's item size: ~10 digits kept in float64, ~2 in float32.
+DIRECT_LOSS_BELOW = {8: 1e-6, 4: 1e-4}
+
 
 def as_block(V):
     """A dense block as an ndarray; a sparse one (scipy.sparse, pydata sparse) as CSR."""

@@ -131,3 +131,107 @@ def test_stats_of_the_observed_entries(rng):
     assert not km.block_stats(Vn)["finite"]
     empty = km.block_stats(np.full((3, 2), np.nan))
     assert empty["observed"] == 0 and empty["sum"] == 0
+
+
+# --------------------------------------------------------------------------
+# Frobenius: the sparse correction (unmasked products less the unobserved share)
+# --------------------------------------------------------------------------
+def _masked_problem(rng, fraction, m=203, n=67, k=5, dtype=np.float64):
+    """V observed where M is True, with an empty row and column and a nearly
+    empty row and column (one observed entry: their products taken directly)."""
+    V = make_low_rank(rng, m, n, k).astype(dtype)
+    M = rng.random(V.shape) >= fraction
+    M[4], M[:, 3] = False, False
+    M[9], M[:, 8] = False, False
+    M[9, 20] = M[30, 8] = True
+    V[~M] = np.nan
+    W = (rng.random((m, k)) + 0.1).astype(dtype)
+    H = (rng.random((k, n)) + 0.1).astype(dtype)
+    return V, M, W, H
+
+
+def _h_next(parts, H, reg):
+    return km.frobenius_h_update(H, parts["A"], parts["D"], reg[2], reg[3])
+
+
+@pytest.mark.parametrize("path", ["sparse", "auto", "dense"])
+@pytest.mark.parametrize("fraction", [0.0, 0.01, 0.1, 0.4, 0.9])
+@pytest.mark.parametrize("gather", [0.0, 1.0])  # W·H at U: from a dense W·H, or gathered
+@pytest.mark.parametrize("sub_rows", [7, 1000])
+def test_frobenius_paths_are_the_weighted_reference(
+    rng, path, fraction, gather, sub_rows, monkeypatch
+):
+    V, M, W, H = _masked_problem(rng, fraction)
+    monkeypatch.setattr(kernels, "SUB_BLOCK_BYTES", V.shape[1] * 8 * sub_rows)
+    monkeypatch.setattr(km, "GATHER_BELOW", gather)
+    reg = (0.05, 0.1, 0.2, 0.03)
+    W_ref, H_ref, _, _ = reference_masked_mu(V, M, W, H, 2, 1, *reg)
+    W_new, parts = km.frobenius_block_step(V, M, W, H, reg[0], reg[1], path=path)
+    np.testing.assert_allclose(W_new, W_ref, rtol=1e-10)
+    np.testing.assert_allclose(_h_next(parts, H, reg), H_ref, rtol=1e-10)
+    assert 0.5 * parts["r0"] == pytest.approx(reference_masked_loss(V, M, W, H, 2), rel=1e-10)
+    # The empty row and column give zero factors, exactly.
+    assert not W_new[4].any() and not _h_next(parts, H, reg)[:, 3].any()
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.02, 0.2])
+def test_frobenius_sparse_and_dense_sums_agree_over_row_blocks(rng, fraction):
+    """Block by block (each with its own direct columns), the sums add up to the
+    same A, D and loss on either path."""
+    V, M, W, H = _masked_problem(rng, fraction)
+    sums = {}
+    for path in ("sparse", "dense"):
+        steps = [
+            km.frobenius_block_step(V[a:b], M[a:b], W[a:b], H, path=path)
+            for a, b in [(0, 60), (60, 61), (61, 203)]
+        ]
+        sums[path] = kernels.sum_partials([p for _, p in steps])
+    for key in ("A", "D"):
+        np.testing.assert_allclose(sums["sparse"][key], sums["dense"][key], rtol=1e-10)
+    assert sums["sparse"]["r0"] == pytest.approx(sums["dense"]["r0"], rel=1e-10)
+
+
+def test_frobenius_auto_path_by_unobserved_fraction(rng, monkeypatch):
+    """A sub-block mostly missing forms M∘WH densely; one with few missing does not."""
+    dense_calls = []
+    dense = km._dense_sub_step
+    monkeypatch.setattr(
+        km, "_dense_sub_step", lambda *a: dense_calls.append(a[1].shape[0]) or dense(*a)
+    )
+    monkeypatch.setattr(kernels, "SUB_BLOCK_BYTES", 67 * 8 * 100)  # 100-row sub-blocks
+    V, M, W, H = _masked_problem(rng, 0.02)
+    M[100:] = rng.random((103, 67)) < 0.2  # 80 % unobserved in rows 100-202
+    V = np.where(M, np.abs(V), np.nan)
+    W_ref, H_ref, _, _ = reference_masked_mu(V, M, W, H, 2, 1)
+    W_new, parts = km.frobenius_block_step(V, M, W, H)
+    assert dense_calls == [100, 3]  # (rows 100-199 and 200-202; not rows 0-99)
+    np.testing.assert_allclose(W_new, W_ref, rtol=1e-10)
+    np.testing.assert_allclose(_h_next(parts, H, (0, 0, 0, 0)), H_ref, rtol=1e-10)
+
+
+def test_frobenius_loss_of_an_exact_fit_is_computed_directly(rng):
+    """Where the expanded loss would be rounding noise (V = WH on the observed
+    entries) the residual is formed directly: zero to rounding of the entries."""
+    V, M, W, H = _masked_problem(rng, 0.05)
+    V = np.where(M, W @ H, np.nan)
+    _, parts = km.frobenius_block_step(V, M, W, H, path="sparse")
+    assert 0 <= parts["r0"] <= 1e-28 * float(np.nansum(V**2))
+
+
+def test_frobenius_float32_sparse_path_keeps_its_digits(rng):
+    """float32: the differences lose only the unobserved share's digits, and the
+    nearly empty row and column (one observed entry) are formed directly."""
+    V, M, W, H = _masked_problem(rng, 0.25, dtype=np.float32)
+    W_ref, H_ref, _, _ = reference_masked_mu(
+        V.astype(float), M, W.astype(float), H.astype(float), 2, 1
+    )
+    W_new, parts = km.frobenius_block_step(V, M, W, H, path="sparse")
+    assert W_new.dtype == np.float32
+    np.testing.assert_allclose(W_new, W_ref, rtol=2e-5)
+    np.testing.assert_allclose(_h_next(parts, H, (0, 0, 0, 0)), H_ref, rtol=2e-5)
+
+
+def test_frobenius_unknown_path_is_refused(problem):
+    V, M, W, H = problem
+    with pytest.raises(ValueError, match="path must be"):
+        km.frobenius_block_step(V, M, W, H, path="fast")

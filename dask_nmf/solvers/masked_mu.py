@@ -11,14 +11,17 @@ update still does not increase the cost.
 
 The W update stays row-local (M_i enters it directly) and the H update still
 comes from additive k x n sums over the blocks, so the engine runs these
-exactly as the unmasked solvers.  The price is more products per pass: the
-mask breaks the factorization ``(WH)Hᵀ = W(HHᵀ)``, so ``M∘WH`` is formed for
-W's update and ``M∘W'H`` for H's (about 3x the unmasked Frobenius flops).
+exactly as the unmasked solvers.  The mask breaks the factorization
+``(WH)Hᵀ = W(HHᵀ)``; Frobenius restores it where few entries are missing by
+subtracting the unobserved entries' share, W·H sampled there only (see
+:func:`dask_nmf.kernels_masked.frobenius_block_step`), and forms ``M∘WH`` and
+``M∘W'H`` densely where many are.  KL's ratio ``V / WH`` is needed at every
+observed entry, so it forms W·H densely as the unmasked KL does.
 
 scikit-learn's regularization enters exactly as in the unmasked MU (scaled by
 V's shape, not by the observed count).  The loss is over the observed entries;
-the Frobenius loss of the state a pass starts from comes with the pass (the
-residual needs W·H, which the update forms anyway).
+the Frobenius loss of the state a pass starts from comes with the pass (from
+the products the update forms anyway, or directly where their terms cancel).
 """
 
 from __future__ import annotations
@@ -80,11 +83,15 @@ class MaskedFrobeniusMU(_Masked):
     loss_name: ClassVar[str] = "frobenius"
     beta: ClassVar[float] = 2.0
     losses_every_pass: ClassVar[bool] = True
+    #: The block kernel's ``path`` ("auto"; "dense" is the kernel before the
+    #: sparse correction, which benchmarks/bench_missing.py compares against).
+    path: ClassVar[str] = "auto"
 
     def masked_step(
         self, V: Any, M: np.ndarray, W: np.ndarray, state: tuple, with_loss: bool
     ) -> tuple:
-        return km.frobenius_block_step(V, M, W, state[0], self.reg.l1_W, self.reg.l2_W)
+        reg = self.reg
+        return km.frobenius_block_step(V, M, W, state[0], reg.l1_W, reg.l2_W, self.path)
 
     def next_state(self, state: tuple, sums: dict) -> tuple:
         reg = self.reg

@@ -35,11 +35,9 @@ from .. import kernels
 from .base import PassReport, Solver
 
 #: Below this fraction of ||V||^2 the expansion ||V||^2 - 2<W^T V, H> + <W^T W, H H^T>
-#: has few digits left (its terms cancel; their rounding is ~eps * ||V||^2), so the
-#: pass from that state computes ||V - WH||^2 directly.  By the dtype's item size:
-#: ~10 digits kept in float64, ~2 in float32 (a float32 fit pays the extra product
-#: only once its relative error is below about 1%).
-DIRECT_LOSS_BELOW = {8: 1e-6, 4: 1e-4}
+#: has few digits left, so the pass from that state computes ||V - WH||^2 directly
+#: (a float32 fit pays the extra product only once its relative error is below about 1%).
+DIRECT_LOSS_BELOW = kernels.DIRECT_LOSS_BELOW
 
 #: Accelerated MU's α (inner updates <= 1 + α ρ) and δ (stop when an update moves
 #: the factor by less than δ times the first one did), Gillis & Glineur's values.
