@@ -123,6 +123,29 @@ def test_store_sparse_and_numpy_agree_and_stop(tmp_path, V_small, start):
     assert (err[t - 1] - err[t]) / err[0] < 1e-3 <= (err[t - 2] - err[t - 1]) / err[0]
 
 
+def test_the_rule_reported_is_the_rule_that_stops(V_small, start):
+    """on_criterion sees the per-iteration decrease each iteration, the fit stops
+    at the first below tol, and stop_reason quotes it."""
+    W0, H0 = start
+    seen = []
+    res = dask_nmf.factorize(
+        V_small,
+        4,
+        solver="anls",
+        W_init=W0,
+        H_init=H0,
+        max_iter=100,
+        tol=1e-3,
+        on_criterion=lambda t, v: seen.append((t, v)),
+    )
+    err = [math.sqrt(2 * x) for x in res.loss_history]
+    assert [t for t, _ in seen] == list(range(1, res.n_iter + 1))
+    for t, v in seen:
+        assert v == pytest.approx((err[t - 1] - err[t]) / err[0], rel=1e-12)
+    assert seen[-1][1] < 1e-3 <= seen[-2][1]
+    assert res.converged and "decrease/err0 (last iteration)" in res.stop_reason
+
+
 def test_transform_is_the_exact_nnls(V_small, start):
     """transform with solver="anls": each row's NNLS given H, by the estimator too."""
     res = dask_nmf.factorize(V_small, 4, solver="anls", max_iter=10, random_state=0)

@@ -130,6 +130,7 @@ class AlternatingNNLS(FrobeniusMU):
     """
 
     name: ClassVar[str] = "anls"
+    criterion_name: ClassVar[str] = "decrease/err0 (last iteration)"
     loss_name: ClassVar[str] = "frobenius"
     beta: ClassVar[float] = 2.0
     losses_every_pass: ClassVar[bool] = True
@@ -185,15 +186,16 @@ class AlternatingNNLS(FrobeniusMU):
         direct = not 2 * loss >= self.direct_below * self.norm_v2
         return H_new, gram(H_new, self.reg.l2_W), direct, loss
 
-    def converged(self, losses: list[float], t: int, tol: float) -> bool:
+    def criterion(self, losses: list[float], t: int) -> float:
         """The decrease of ``sqrt(2 * loss)`` over iteration t, relative to the
-        initial error, below ``tol`` (checked every iteration)."""
-        if tol <= 0 or t < 1 or math.isnan(losses[t]) or math.isnan(losses[t - 1]):
-            return False
+        initial error (checked every iteration; :meth:`converged` compares it
+        with ``tol``)."""
+        if t < 1 or math.isnan(losses[t]) or math.isnan(losses[t - 1]):
+            return math.nan
         err0 = math.sqrt(2 * losses[0])
         if err0 == 0:
-            return True
-        return (math.sqrt(2 * losses[t - 1]) - math.sqrt(2 * losses[t])) / err0 < tol
+            return 0.0
+        return (math.sqrt(2 * losses[t - 1]) - math.sqrt(2 * losses[t])) / err0
 
     # -- transform ----------------------------------------------------------------
     def transform_block(
