@@ -278,14 +278,14 @@ def fit(
 
     storage_options = reading.storage_options
     V_places = outputs.input_locations(V, storage_options)
-    V = masked_input(V, options.missing, reading.mask, storage_options)
+    V, masked = masked_input(V, options.missing, reading.mask, storage_options, reading.array)
     runner = Runner(resolve_client(client))
     block_rows = reading.block_rows
     if resume and block_rows is None and checkpoint is not None:
         # Continue with the checkpoint's row blocks (W is stored in them).
         with contextlib.suppress(FileNotFoundError, ValueError):
             block_rows = persistence.read_meta(checkpoint, storage_options)["params"]["block_rows"]
-    Vin = reading.open(V, runner, block_rows)
+    Vin = reading.open(V, runner, block_rows, **({"array": None} if masked else {}))
     runner.expect_blocks(Vin, checkpoint, storage_options)  # (for ClusterError's messages)
     check_missing_input(Vin, options.missing)
     m, n = Vin.shape

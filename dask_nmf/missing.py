@@ -33,7 +33,7 @@ def is_mask_array(missing: Any) -> bool:
     if missing is None or isinstance(missing, (bool, int, float, np.number)):
         return False
     if isinstance(missing, str):
-        return missing not in ("nan", MASK)
+        return missing.lower() not in ("nan", MASK)
     return isinstance(missing, (os.PathLike, np.ndarray, da.Array)) or hasattr(missing, "shape")
 
 
@@ -46,6 +46,8 @@ def split_missing(missing: Any) -> tuple[Any, Any]:
 
 def check_missing(missing: Any) -> Any:
     """The option's value, or :class:`InputError` naming what is accepted."""
+    if isinstance(missing, str) and missing.lower() == "nan":
+        return "nan"
     if missing is None or (isinstance(missing, str) and missing in ("nan", MASK)):
         return missing
     is_number = isinstance(missing, (int, float, np.number)) and not isinstance(missing, bool)
@@ -71,14 +73,18 @@ def stats_function(missing: Any):
     return partial(kernels_masked.block_stats, fill=fill_value(missing))
 
 
+#: Why sparse V and missing= do not go together.
+SPARSE_REFUSAL = (
+    "missing= is not supported for sparse V: the weighted updates would densify "
+    "every block (implicit zeros are observed zeros); store the data densely, "
+    "with NaN for the missing entries"
+)
+
+
 def check_input(Vin: InputMatrix, missing: Any) -> None:
     """Refuse inputs whose missing entries the masked kernels cannot take."""
     if missing is not None and Vin.sparse:
-        raise InputError(
-            "missing= is not supported for sparse V: the weighted updates would densify "
-            "every block (implicit zeros are observed zeros); store the data densely, "
-            "with NaN for the missing entries"
-        )
+        raise InputError(SPARSE_REFUSAL)
 
 
 def column_means(stats: dict) -> np.ndarray | None:
@@ -89,30 +95,42 @@ def column_means(stats: dict) -> np.ndarray | None:
     return np.asarray(stats["col_sum"], np.float64) / np.maximum(counts, 1.0)
 
 
-def masked_input(V: Any, missing: Any, mask: Any, storage_options: dict | None = None) -> Any:
-    """V as the fit reads it: with NaN where a mask array says missing (``missing="mask"``)."""
+def masked_input(
+    V: Any,
+    missing: Any,
+    mask: Any,
+    storage_options: dict | None = None,
+    array: str | None = None,
+) -> tuple[Any, bool]:
+    """``(V as the fit reads it, whether it was masked)``: with NaN where a mask
+    array says missing (``missing="mask"``); ``array`` names V in a zarr group
+    (the masked V is then that array, opened without ``array=``)."""
     if missing == MASK:
         if mask is None:
             raise InputError("missing='mask' needs the mask: pass the boolean array as missing=")
-        return apply_mask(V, mask, storage_options)
-    return V
+        return apply_mask(V, mask, storage_options, array), True
+    return V, False
 
 
-def apply_mask(V: Any, mask: Any, storage_options: dict | None = None) -> Any:
+def apply_mask(
+    V: Any, mask: Any, storage_options: dict | None = None, array: str | None = None
+) -> Any:
     """V with NaN where ``mask`` is False: a NumPy array for NumPy V and mask,
     else a lazy dask array chunked like V (each block masked where it is read)."""
     from .io import open_zarr_array
 
-    def as_array(X: Any, name: str) -> Any:
+    def as_array(X: Any, name: str, array: str | None = None) -> Any:
         if isinstance(X, (str, os.PathLike)):
-            X = open_zarr_array(X, None, storage_options)
+            X = open_zarr_array(X, array, storage_options)
         if hasattr(X, "dims") or hasattr(X, "data_vars"):
             raise InputError(
                 f"{name}: a mask with xarray input is not supported; use V.where(mask)"
             )
+        if hasattr(X, "nnz") or hasattr(X, "to_scipy_sparse"):
+            raise InputError(SPARSE_REFUSAL)
         return X
 
-    V, mask = as_array(V, "V"), as_array(mask, "missing")
+    V, mask = as_array(V, "V", array), as_array(mask, "missing")
     if tuple(mask.shape) != tuple(V.shape):
         raise InputError(f"the mask has shape {tuple(mask.shape)}; V has {tuple(V.shape)}")
     if np.dtype(mask.dtype) != np.bool_:

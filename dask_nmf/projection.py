@@ -111,9 +111,9 @@ def transform(
         sample_dims=sample_dims,
         feature_dims=feature_dims,
     )
-    V = masked_input(V, options.missing, split_missing(missing)[1], storage_options)
+    V, masked = masked_input(V, options.missing, split_missing(missing)[1], storage_options, array)
     runner = Runner(resolve_client(client))
-    Vin = reading.open(V, runner)
+    Vin = reading.open(V, runner, **({"array": None} if masked else {}))
     check_features(Vin.labels, H_labelled)
     if Vin.shape[1] != n:
         raise InputError(f"V has {Vin.shape[1]} columns but the model has {n} features")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .io import InputError, InputMatrix
 
 
@@ -90,12 +92,20 @@ def finished_run(meta: dict, max_iter: int) -> tuple[bool, str | None]:
 
 
 def fingerprint(stats: dict, V_places: list) -> dict:
-    """What identifies V in a checkpoint: its sum and ‖V‖², and where it is stored."""
-    return {
+    """What identifies V in a checkpoint: its sum and ‖V‖², and where it is stored;
+    with missing entries also which are observed (their count, and the counts per
+    column weighted by position, so that another mask of V is told apart even
+    where it differs only at zeros of V)."""
+    out = {
         "sum": float(stats["sum"]),
         "sumsq": float(stats["sumsq"]),
         "location": str(V_places[0]) if V_places else None,
     }
+    if "observed" in stats:
+        counts = np.asarray(stats["col_count"], np.float64)
+        out["observed"] = int(stats["observed"])
+        out["observed_by_column"] = float(np.dot(counts, np.arange(1, counts.size + 1)))
+    return out
 
 
 def check_fingerprint(meta: dict, fingerprint: dict) -> None:
@@ -109,4 +119,11 @@ def check_fingerprint(meta: dict, fingerprint: dict) -> None:
                 f"cannot resume: V is not the data the checkpoint was made from "
                 f"(its {'sum' if key == 'sum' else 'sum of squares'} is {fingerprint[key]:.10g}, "
                 f"the checkpoint's V had {old[key]:.10g})"
+            )
+    for key in ("observed", "observed_by_column"):
+        if key in old and old[key] != fingerprint.get(key):
+            raise InputError(
+                "cannot resume: another set of V's entries is missing than in the checkpoint's "
+                f"fit ({key.replace('_', ' ')}: {fingerprint.get(key)}, the checkpoint's "
+                f"{old[key]}); resume with the same missing= (and the same mask)"
             )

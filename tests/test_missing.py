@@ -273,6 +273,50 @@ def test_resume_with_another_missing_is_refused(tmp_path, holes):
     np.testing.assert_allclose(res.H, H_ref, rtol=1e-10)
 
 
+def test_resume_with_another_mask_is_refused(tmp_path, holes):
+    """Two masks that differ only where V is 0: the same sum and ||V||^2 over the
+    observed entries, yet another problem; the resume says so."""
+    V, M, start = holes
+    filled = np.where(M, V, 0.0)
+    filled[:, 2] = 0.0  # (V_small's zero column: observed or not, the sums agree)
+    other = M.copy()
+    other[:, 2] = ~other[:, 2]
+    ck = str(tmp_path / "ck.zarr")
+    fit_from(filled, start, "frobenius", missing=M, max_iter=3, tol=0, checkpoint=ck)
+    with pytest.raises(InputError, match="another set of V's entries is missing"):
+        fit_from(filled, start, "frobenius", missing=other, max_iter=6, checkpoint=ck,
+                 resume=True)  # fmt: skip
+    res = fit_from(filled, start, "frobenius", missing=M, max_iter=6, tol=0, checkpoint=ck,
+                   resume=True)  # fmt: skip
+    assert res.n_iter == 6
+
+
+def test_a_mask_for_an_array_in_a_group(tmp_path, holes):
+    """missing=<mask> with array= naming V inside a zarr group (an AnnData layer,
+    a group of several arrays): the mask applies to that array."""
+    import zarr
+
+    V, M, start = holes
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    group.create_array("V", shape=V.shape, chunks=(50, 41), dtype=V.dtype)[...] = np.where(M, V, 0)
+    group.create_array("other", shape=(3,), dtype="f8")
+    W_ref, H_ref, _, _ = reference_masked_mu(V, M, *start, 2, 5)
+    res = fit_from(str(tmp_path / "g.zarr"), start, "frobenius", array="V", missing=M,
+                   max_iter=5, tol=0)  # fmt: skip
+    np.testing.assert_allclose(res.H, H_ref, rtol=1e-10)
+
+
+def test_sparse_v_with_a_mask_and_nan_spelled_otherwise(holes):
+    import scipy.sparse as sp
+
+    V, M, start = holes
+    with pytest.raises(InputError, match="missing= is not supported for sparse V"):
+        dask_nmf.factorize(sp.csr_matrix(np.nan_to_num(V)), 2, missing=M)
+    a = fit_from(V, start, "frobenius", missing="NaN", max_iter=3, tol=0)
+    b = fit_from(V, start, "frobenius", missing="nan", max_iter=3, tol=0)
+    np.testing.assert_array_equal(a.H, b.H)
+
+
 # -- entry points ---------------------------------------------------------------------------
 @pytest.mark.parametrize("beta", BETAS)
 def test_estimator_and_transform_fit_observed_entries(holes, beta):

@@ -106,14 +106,8 @@ def masked_solver_class(beta_loss: Any, solver: str = "mu") -> type[Solver]:
     beta = beta_of(beta_loss)
     if (solver, beta) in MASKED_SOLVERS:
         return MASKED_SOLVERS[(solver, beta)]
-    solver_class(beta_loss, solver)  # (an unknown solver or cost: its own message first)
-    if solver == "cd":
-        why = (
-            "coordinate descent's W update is not row-separable with a mask without one "
-            "k x k Gram matrix per row"
-        )
-    else:
-        why = "weighted updates are implemented for beta_loss 'frobenius' and 'kullback-leibler'"
+    # (an unknown solver or cost: its own message first)
+    why = solver_class(beta_loss, solver).no_missing_values
     raise InputError(
         f"missing values are not supported with solver={solver!r}, beta_loss={beta_loss!r}: "
         f"{why}; use solver='mu' with beta_loss='frobenius' or 'kullback-leibler'"

@@ -136,6 +136,10 @@ class AlternatingNNLS(FrobeniusMU):
     losses_every_pass: ClassVar[bool] = True
     accelerates: ClassVar[bool] = False
     keeps_zeros: ClassVar[bool] = False
+    no_missing_values: ClassVar[str] = (
+        "with a mask each row's least-squares problem has a Gram matrix of its own "
+        "(its observed columns), which block principal pivoting does not share"
+    )
 
     def start(
         self, H: np.ndarray, loss_unknown: bool = False, t: int = 0, carry: dict | None = None

@@ -106,6 +106,11 @@ class Solver:
     losses_every_pass: ClassVar[bool] = False
     #: Whether ``accelerate=True`` is implemented.
     accelerates: ClassVar[bool] = False
+    #: Why this solver has no version for missing values (see ``MASKED_SOLVERS``).
+    no_missing_values: ClassVar[str] = (
+        "weighted updates are implemented for MU with beta_loss 'frobenius' and "
+        "'kullback-leibler'"
+    )
     #: Whether entries of W or H that start at zero stay zero (multiplicative
     #: updates: the driver warns about init="nndsvd", as scikit-learn does for MU).
     keeps_zeros: ClassVar[bool] = True

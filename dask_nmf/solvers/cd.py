@@ -197,6 +197,10 @@ class CoordinateDescent(FrobeniusMU):
     losses_every_pass: ClassVar[bool] = True
     accelerates: ClassVar[bool] = True
     keeps_zeros: ClassVar[bool] = False
+    no_missing_values: ClassVar[str] = (
+        "coordinate descent's W update is not row-separable with a mask without one "
+        "k x k Gram matrix per row"
+    )
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
