@@ -33,15 +33,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 
 from . import kernels
 from .cluster import Runner, resolve_client
 from .init import random_init
-from .io import InputError, block_sources, check_stats, open_input
+from .io import InputError, block_sources, check_stats
 from .loop import Iterate, IterationLoop
-from .options import FitOptions, is_int
+from .options import FitOptions, ReadOptions, is_int
 from .passes import PassBuilder, as_delayed, input_stats, tree_reduce
 from .solvers import masked_solver_class
 from .solvers.stacked import Stacked, mark_held_out, training_stats
@@ -75,8 +74,9 @@ class RankSelection:
         Passes the stacked fit made (all candidates together).
     converged : bool
         Whether the stopping rule (on the summed cost) ended the fit.
-    holdout, n_held_out, beta_loss, seconds
-        The held-out fraction and count, the cost, the wall time.
+    holdout, n_held_out, beta_loss, error_name, seconds
+        The held-out fraction and count, the cost, what the errors measure,
+        the wall time.
     """
 
     ks: list[int]
@@ -89,6 +89,7 @@ class RankSelection:
     holdout: float = 0.0
     n_held_out: int = 0
     beta_loss: str = "frobenius"
+    error_name: str = "RMSE per entry"
     seconds: float = 0.0
 
     def table(self) -> str:
@@ -131,7 +132,7 @@ class RankSelection:
         ax1.errorbar(ks, mean, yerr=std, ls=":", capsize=3, label="held-out (restarts mean ± std)")
         ax1.plot(ks, [r["train_error"] for r in self.rows], marker=".", label="training")
         ax1.axvline(self.best_k, color="grey", ls=":", label=f"best k = {self.best_k}")
-        ax1.set_ylabel("RMSE per entry" if self.beta_loss == "frobenius" else "divergence / entry")
+        ax1.set_ylabel(self.error_name)
         ax1.legend()
         ax2.plot(ks, [r["silhouette"] for r in self.rows], marker="o", label="silhouette")
         ax2.plot(ks, [r["similarity"] for r in self.rows], marker=".", label="matched similarity")
@@ -243,9 +244,10 @@ def select_rank(
     )
     member_class = masked_solver_class(beta_loss, "mu")
     runner = Runner(resolve_client(client))
-    opening = dict(array=array, dtype=dtype, storage_options=storage_options)
-    opening["parallelism"] = runner.parallelism
-    Vin = open_input(V, block_rows, block_bytes=runner.block_bytes, **opening)
+    reading = ReadOptions(
+        block_rows=block_rows, array=array, dtype=dtype, storage_options=storage_options
+    )
+    Vin = reading.open(V, runner)
     if Vin.sparse:
         raise InputError("select_rank takes dense V (the held-out mask would densify CSR blocks)")
     m, n = Vin.shape
@@ -256,19 +258,18 @@ def select_rank(
         # Each row also holds K numbers of W (and as many of its update).
         rows = max(1, Vin.block_rows * n // (n + 2 * K))
         if rows < Vin.block_rows:
-            Vin = open_input(V, rows, block_bytes=runner.block_bytes, **opening)
-    arr = Vin.array
-    if arr is None:
-        arr = da.from_array(Vin.local, chunks=(tuple(b - a for a, b in Vin.bounds), (n,)))
-    marked = arr.map_blocks(
-        _mark, holdout, int(seed), n, dtype=Vin.dtype, meta=np.empty((0, 0), Vin.dtype)
-    )
+            Vin = reading.open(V, runner, rows)
+    # V's blocks as the fits read them: held-out entries marked in each block's
+    # task (a NumPy V is scattered once first; a store is read in that task).
+    sources = [
+        dask.delayed(mark_held_out, pure=True)(as_delayed(s), holdout, int(seed), a, n)
+        for s, (a, _) in zip(runner.place(block_sources(Vin)), Vin.bounds)
+    ]
     if keep_in_memory is None:
         keep_in_memory = Vin.nbytes <= runner.memory_budget()
     if keep_in_memory:
-        (marked,) = runner.persist(marked)
-    Vm = replace(Vin, array=marked, local=None, zarr=None)
-    sources = runner.place(block_sources(Vm))
+        sources = list(runner.persist(*sources))
+    Vm = replace(Vin, array=None, local=None, zarr=None)
     stats = input_stats(runner, sources, stats=training_stats)
     check_stats(stats, dtype=Vin.dtype, shape=Vin.shape, k=max(ks))
 
@@ -305,29 +306,16 @@ def select_rank(
     return _summarize(stacked, it, losses, sums, ks, n_restarts, holdout, time.perf_counter() - t0)
 
 
-def _mark(block: np.ndarray, fraction: float, seed: int, n: int, block_info=None) -> np.ndarray:
-    row0 = block_info[0]["array-location"][0][0] if block_info else 0
-    return mark_held_out(block, fraction, seed, row0, n)
-
-
-def _per_entry(loss: float, count: int, beta_loss: str) -> float:
-    if count == 0:
-        return math.nan
-    if beta_loss == "frobenius":
-        return math.sqrt(2 * loss / count)
-    return loss / count
-
-
 def _summarize(stacked, it, losses, sums, ks, n_restarts, holdout, seconds) -> RankSelection:
     name = stacked.loss_name
     candidates, components = [], {k: [] for k in ks}
-    for r, k in enumerate(stacked.ranks):
+    for r, (k, member) in enumerate(zip(stacked.ranks, stacked.members)):
         candidates.append(
             dict(
                 k=k,
                 restart=r % n_restarts,
-                held_out_error=_per_entry(losses["held"][r], sums["n_held"], name),
-                train_error=_per_entry(losses["train"][r], sums["n_train"], name),
+                held_out_error=member.error_per_entry(losses["held"][r], sums["n_held"]),
+                train_error=member.error_per_entry(losses["train"][r], sums["n_train"]),
             )
         )
         components[k].append(np.asarray(stacked._part(it.H, r, 0)))
@@ -363,6 +351,7 @@ def _summarize(stacked, it, losses, sums, ks, n_restarts, holdout, seconds) -> R
         holdout=float(holdout),
         n_held_out=int(sums["n_held"]),
         beta_loss=name,
+        error_name=stacked.members[0].error_name,
         seconds=seconds,
     )
 

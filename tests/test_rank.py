@@ -208,3 +208,24 @@ def test_rank_command_and_plot(tmp_path):
 
     out = json.loads(js.read_text())
     assert out["ks"] == [2, 3, 4, 5] and len(out["candidates"]) == 8
+
+
+@pytest.mark.slow
+def test_on_a_cluster_numpy_v_is_scattered_once_and_results_agree(cluster_client):
+    """On a LocalCluster a NumPy V goes to the workers once (no graph carries its
+    values: dask's own large-graph measure), and the result is the threaded one."""
+    import warnings
+
+    import dask
+
+    V = planted(m=4000, n=100)  # 3.2 MB
+    kw = dict(n_restarts=2, max_iter=8, tol=0, block_rows=1000)
+    with (
+        dask.config.set({"distributed.admin.large-graph-warning-threshold": "256KiB"}),
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings("error", message="Sending large graph")
+        on_cluster = dask_nmf.select_rank(V, [2, 3], client=cluster_client, **kw)
+    local = dask_nmf.select_rank(V, [2, 3], **kw)
+    for a, b in zip(on_cluster.candidates, local.candidates):
+        assert a["held_out_error"] == pytest.approx(b["held_out_error"], rel=1e-9)

@@ -108,8 +108,7 @@ class Solver:
     accelerates: ClassVar[bool] = False
     #: Why this solver has no version for missing values (see ``MASKED_SOLVERS``).
     no_missing_values: ClassVar[str] = (
-        "weighted updates are implemented for MU with beta_loss 'frobenius' and "
-        "'kullback-leibler'"
+        "weighted updates are implemented for MU with beta_loss 'frobenius' and 'kullback-leibler'"
     )
     #: Whether entries of W or H that start at zero stay zero (multiplicative
     #: updates: the driver warns about init="nndsvd", as scikit-learn does for MU).
@@ -202,6 +201,19 @@ class Solver:
     def loss_from_terms(self, sums: dict, H: np.ndarray) -> float:
         """The loss at (W, H) from the summed :meth:`loss_terms`."""
         raise NotImplementedError
+
+    def error_per_entry(self, loss: float, count: int) -> float:
+        """A loss over ``count`` entries as an error per entry: the RMSE
+        ``sqrt(2 loss / count)`` for the Frobenius cost, the mean divergence
+        otherwise (NaN over no entry)."""
+        if count == 0:
+            return math.nan
+        return math.sqrt(2 * loss / count) if self.beta == 2 else loss / count
+
+    @property
+    def error_name(self) -> str:
+        """What :meth:`error_per_entry` measures."""
+        return "RMSE per entry" if self.beta == 2 else "divergence per entry"
 
     def cost_scale(self) -> float:
         """The size against which a rise of the cost is judged rounding or not."""
