@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from .cli_session import (
+    Abort,
     check_cluster_options,
+    check_input_format,
     cluster_session,
     fail_on_input_errors,
     with_cluster_options,
@@ -24,14 +28,24 @@ from .cli_session import (
     type=click.Choice(["frobenius", "kullback-leibler"]),
     default="frobenius",
     show_default=True,
+    help="The cost every fit minimizes (masked MU).",
 )
-@click.option("--max-iter", type=int, default=200, show_default=True)
-@click.option("--tol", type=float, default=1e-4, show_default=True)
+@click.option(
+    "--max-iter", type=int, default=200, show_default=True, help="Passes over INPUT at most."
+)
+@click.option(
+    "--tol",
+    type=float,
+    default=1e-4,
+    show_default=True,
+    help="scikit-learn's stopping rule on the summed cost of all fits (0: run --max-iter).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Held-out entries and starts.")
 @click.option("--array", "array_name", default=None, help="The array inside a zarr group.")
 @click.option("--block-rows", type=int, default=None, help="Rows per block (default: from memory).")
 @click.option("--plot", default=None, help="Write the rank curves to this PNG.")
 @click.option("--json", "json_path", default=None, help="Write the table to this JSON file.")
+@click.option("--overwrite", is_flag=True, help="Replace existing --plot and --json files.")
 @with_cluster_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def rank(
@@ -47,6 +61,7 @@ def rank(
     block_rows,
     plot,
     json_path,
+    overwrite,
     scheduler,
     scheduler_file,
     n_workers,
@@ -63,7 +78,12 @@ def rank(
     from .rank import parse_ks, select_rank
 
     check_cluster_options(scheduler, scheduler_file, n_workers, threads_per_worker, memory_limit)
+    check_input_format(input_)
     candidates = fail_on_input_errors(parse_ks, ks)
+    for path in (plot, json_path):
+        # (refused before any work: the fits take long, the files are the user's)
+        if path and os.path.exists(path) and not overwrite:
+            raise Abort(f"{path} exists; --overwrite replaces it")
     with cluster_session(
         scheduler, n_workers, threads_per_worker, memory_limit, quiet, scheduler_file
     ) as client:

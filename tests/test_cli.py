@@ -293,7 +293,7 @@ def test_demo_runs_on_a_fresh_directory(tmp_path):
     assert dask_nmf.load(tmp_path / "d" / "result.zarr").n_iter == 20
 
 
-@pytest.mark.parametrize("command", ["fit", "transform", "demo", "info"])
+@pytest.mark.parametrize("command", ["fit", "transform", "demo", "info", "rank"])
 def test_every_option_is_described_with_its_default(command):
     import click
 

@@ -208,6 +208,9 @@ def test_rank_command_and_plot(tmp_path):
 
     out = json.loads(js.read_text())
     assert out["ks"] == [2, 3, 4, 5] and len(out["candidates"]) == 8
+    again = CliRunner().invoke(cli, ["rank", path, "--ks", "2-3", "--json", str(js), "--quiet"])
+    assert again.exit_code != 0 and "exists; --overwrite replaces it" in again.output
+    assert json.loads(js.read_text())["ks"] == [2, 3, 4, 5]  # untouched
 
 
 @pytest.mark.slow
