@@ -1,4 +1,4 @@
-"""The ``dask-nmf`` command: fit, transform, info, demo.
+"""The ``dask-nmf`` command: fit, transform, info (demo and rank in modules of their own).
 
 Bad input exits with status 2 and a one-line message (no traceback); Ctrl-C
 during ``fit`` leaves the output store resumable and exits with status 130.
@@ -6,11 +6,8 @@ during ``fit`` leaves the output store resumable and exits with status 130.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import sys
-import tempfile
 import time
 import warnings
 from typing import Any
@@ -26,11 +23,12 @@ from .cli_session import (
     Progress,
     check_cluster_options,
     check_input_format,
+    cli_words,
     cluster_session,
     fail_on_input_errors,
     with_cluster_options,
 )
-from .solvers import BETA_LOSSES, SOLVERS, solver_class
+from .solvers import BETA_LOSSES, SOLVERS
 
 
 class BetaLoss(click.ParamType):
@@ -332,7 +330,7 @@ def fit(
             f"loss {res.loss_history[0]:.6g} -> {res.loss_history[-1]:.6g}; "
             f"reconstruction error {res.reconstruction_err:.6g}; written to {output}"
         )
-        click.echo(f"stopped: {_cli_words(res.stop_reason)}")
+        click.echo(f"stopped: {cli_words(res.stop_reason)}")
 
 
 @cli.command()
@@ -465,91 +463,6 @@ def info(path) -> None:
     click.echo("\n".join(lines))
 
 
-@cli.command()
-@click.option(
-    "-o",
-    "--output-dir",
-    default=None,
-    help="Where to write the data and result (default: a temporary directory).",
-)
-@click.option("--rows", default=20_000, show_default=True, help="Rows of the generated matrix.")
-@click.option("--cols", default=500, show_default=True, help="Its columns.")
-@click.option("-k", "--n-components", "k", default=8, show_default=True, help="Its rank.")
-@click.option("--max-iter", default=100, show_default=True, help="At most this many iterations.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def demo(output_dir, rows, cols, k, max_iter, quiet) -> None:
-    """Generate a dataset, factorize it on an embedded cluster, show the result."""
-    import numpy as np
-
-    from . import driver
-    from .datasets import make_low_rank_store
-
-    keep = output_dir is not None
-    with contextlib.ExitStack() as stack:
-        if output_dir is None:
-            output_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="dask-nmf-demo-"))
-        os.makedirs(output_dir, exist_ok=True)
-        data = os.path.join(output_dir, "V.zarr")
-        out = os.path.join(output_dir, "result.zarr")
-        # An existing DIR/V.zarr is reused if this demo wrote it with these sizes;
-        # anything else there is the user's and is left alone.
-        recipe = {"rows": rows, "cols": cols, "k": k, "seed": 0}
-        if os.path.lexists(data):
-            if _demo_recipe(data) != recipe:
-                raise Abort(
-                    f"{data} exists and is not this demo's {rows} x {cols} matrix; "
-                    "choose another --output-dir"
-                )
-            click.echo(f"reusing the {rows} x {cols} matrix of rank {k} (+ noise) in {data}")
-        else:
-            click.echo(f"writing a {rows} x {cols} matrix of rank {k} (+ noise) to {data}")
-            make_low_rank_store(data, rows, cols, k, attributes={"dask_nmf_demo": recipe})
-        with cluster_session(None, 2, 1, "auto", quiet) as client:
-            rule = solver_class("frobenius", "mu").criterion_name  # (factorize's defaults)
-            progress = Progress(max_iter, 0, quiet, rule, 1e-4)
-            res = fail_on_input_errors(
-                driver.factorize,
-                data,
-                k,
-                max_iter=max_iter,
-                random_state=0,
-                client=client,
-                callback=progress,
-                on_criterion=progress.criterion,
-                checkpoint=out,
-                overwrite=True,  # (only ever a dask_nmf result: see dask_nmf.outputs)
-            )
-            progress.close()
-        losses = np.asarray(res.loss_history)
-        click.echo("iteration  loss")
-        for it in sorted({0, 1, 2, 5, *range(10, res.n_iter + 1, 10), res.n_iter}):
-            click.echo(f"{it:9d}  {losses[it]:.6g}")
-        monotone = bool(np.all(np.diff(losses) <= 1e-9 * losses[0]))
-        click.echo(
-            f"loss never increased: {monotone}; relative error "
-            f"{res.reconstruction_err / math.sqrt(2 * _norm2(data) / 2):.4f}; "
-            + (f"result in {out}" if keep else "result discarded (pass -o DIR to keep it)")
-        )
-        click.echo(f"stopped: {_cli_words(res.stop_reason)}")
-
-
-def _cli_words(reason: str | None) -> str:
-    """A stop reason in the options' names (--max-iter, --tol)."""
-    if reason is None:  # (a finished run read back)
-        return "finished earlier"
-    return reason.replace("max_iter", "--max-iter").replace(" tol", " --tol")
-
-
-def _demo_recipe(path: str) -> dict | None:
-    """The sizes a demo matrix at ``path`` was written with (None: not the demo's)."""
-    import zarr
-
-    try:
-        return dict(zarr.open_array(path, mode="r").attrs.get("dask_nmf_demo", {})) or None
-    except Exception:  # not a zarr array at all: not the demo's
-        return None
-
-
 def _missing_option(missing: str | None, mask: str | None) -> Any:
     """``FitOptions.missing`` from --missing and --mask."""
     if mask is not None:
@@ -571,15 +484,10 @@ def _split(dims: str | None) -> tuple[str, ...] | None:
     return None if dims is None else tuple(d.strip() for d in dims.split(",") if d.strip())
 
 
-def _norm2(path: str) -> float:
-    import dask.array as da
+from .cli_demo import demo  # noqa: E402  (commands of their own modules)
+from .cli_rank import rank  # noqa: E402
 
-    V = da.from_zarr(path)
-    return float((V**2).sum().compute())
-
-
-from .cli_rank import rank  # noqa: E402  (a command of its own module)
-
+cli.add_command(demo)
 cli.add_command(rank)
 
 

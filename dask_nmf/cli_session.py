@@ -375,3 +375,10 @@ def with_cluster_options(fn):
     for option in reversed(cluster_options):
         fn = option(fn)
     return fn
+
+
+def cli_words(reason: str | None) -> str:
+    """A stop reason in the options' names (--max-iter, --tol)."""
+    if reason is None:  # (a finished run read back)
+        return "finished earlier"
+    return reason.replace("max_iter", "--max-iter").replace(" tol", " --tol")
