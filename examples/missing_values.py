@@ -7,7 +7,9 @@ Run:  python examples/missing_values.py            (160 x 160 pixels x 100 bands
    overlapping Gaussian bands) with smoothly varying abundances that sum to one,
    plus a little noise.  About 20 % of the pixels are under clouds: spatially
    contiguous blobs (a smooth random field above its 80th percentile), stored
-   as NaN in every band, as a cloud mask applied with xarray's ``.where`` gives.
+   as NaN in every band, as a cloud mask applied with xarray's ``.where`` gives;
+   and 2 % of single readings (a pixel in one band) are dead detector elements,
+   NaN too: those pixels are fitted on the bands they have.
 2. The cube is written to zarr (pixels x bands) and factorized from disk with
    ``missing="nan"``: only the observed entries are fitted, with the weighted
    multiplicative updates.  The same fit of the cloud-free cube is the yardstick.
@@ -63,7 +65,10 @@ def make_cube(size: int, bands: int, k: int, cloud_fraction: float, rng):
     cube += 0.005 * rng.random(cube.shape)
     sky = gaussian_filter(rng.standard_normal((size, size)), size / 16)
     clouds = sky > np.quantile(sky, 1 - cloud_fraction)
-    return np.where(clouds[..., None], np.nan, cube), clouds, cube, spectra, abund
+    # Dead detector elements besides: 2 % of single (pixel, band) readings, so
+    # many clear pixels are observed in most bands but not all.
+    dead = rng.random(cube.shape) < 0.02
+    return np.where(clouds[..., None] | dead, np.nan, cube), clouds, cube, spectra, abund
 
 
 def spectral_angles(H: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,6 +97,8 @@ def main(argv=None) -> dict:
     ref = dask_nmf.factorize(clear.reshape(-1, bands), k, **kw)
     summary = {"size": size, "bands": bands, "endmembers": k, "n_iter": res.n_iter}
     summary["cloud_fraction"] = float(clouds.mean())
+    summary["missing_entries"] = float(np.isnan(V).mean())
+    summary["partly_observed_pixels"] = int((np.isnan(V).any(1) & ~np.isnan(V).all(1)).sum())
     for name, fit in (("cloudy", res), ("clear", ref)):
         angles, match = spectral_angles(np.asarray(fit.H), spectra)
         W = np.asarray(fit.W)[:, match]
