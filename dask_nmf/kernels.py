@@ -14,6 +14,13 @@ Inside a block the rows are processed in cache-sized *sub-blocks*: the W update
 of a sub-block and its contribution to ``W'^T V`` are computed while that
 sub-block of V is still in cache, so V is streamed from memory once per
 iteration instead of twice.
+
+Every sub-block also reads H and adds to the ``k x n`` partial sums, traffic
+that does not shrink with the sub-block: on a wide V (few rows fill the cache)
+it would dwarf V's own.  So a sub-block holds at least ``PARTIAL_REUSE`` times
+the partial's bytes, even where that is more than the cache holds; its
+element-wise work (KL's ``V / WH``, the direct residual) then runs in *column
+tiles* of the sub-block that do fit, and only the products stream V twice.
 """
 
 from __future__ import annotations
@@ -29,6 +36,12 @@ H_FLOOR = float(np.finfo(np.float64).eps)
 #: Bytes of V processed together inside a block; a few MiB keeps a sub-block of
 #: V (and W·H for KL) in the last-level cache while both products use it.
 SUB_BLOCK_BYTES = 4 * 2**20
+#: A sub-block streams at least this many times the bytes of the k x n partial
+#: sums it adds to (and of H, which it reads): below that, re-reading H and the
+#: sums per sub-block would cost more than reading V twice (benchmarks/bench_shapes.py).
+PARTIAL_REUSE = 4
+#: The narrowest column tile: narrower ones make the products inefficient.
+MIN_TILE_COLS = 256
 
 
 def as_block(V):
@@ -52,14 +65,38 @@ def _row_bytes(V, k: int = 0) -> int:
     return V.shape[1] * V.dtype.itemsize
 
 
-def _sub_step(row_bytes: int, sub_bytes: int | None = None) -> int:
-    return max(1, (SUB_BLOCK_BYTES if sub_bytes is None else sub_bytes) // max(row_bytes, 1))
+def _sub_step(row_bytes: int, sub_bytes: int | None = None, partial_bytes: int = 0) -> int:
+    """Rows per sub-block: ``sub_bytes`` (default SUB_BLOCK_BYTES) of rows, and at
+    least ``PARTIAL_REUSE * partial_bytes`` (the k x n sums each sub-block adds to)."""
+    budget = max(SUB_BLOCK_BYTES if sub_bytes is None else sub_bytes, PARTIAL_REUSE * partial_bytes)
+    return max(1, budget // max(row_bytes, 1))
 
 
-def _sub_blocks(n_rows: int, row_bytes: int, sub_bytes: int | None = None):
-    step = _sub_step(row_bytes, sub_bytes)
+def _sub_blocks(n_rows: int, row_bytes: int, sub_bytes: int | None = None, partial_bytes: int = 0):
+    step = _sub_step(row_bytes, sub_bytes, partial_bytes)
     for start in range(0, n_rows, step):
         yield slice(start, min(start + step, n_rows))
+
+
+def _tile_cols(rows: int, n_cols: int, itemsize: int) -> int:
+    """Columns per tile of a ``rows``-row sub-block: the tile fits SUB_BLOCK_BYTES
+    (all columns where the sub-block itself does, as on a tall V)."""
+    cols = max(MIN_TILE_COLS, SUB_BLOCK_BYTES // max(1, rows * itemsize))
+    return max(1, min(n_cols, cols))
+
+
+def _col_tiles(n_cols: int, step: int):
+    for start in range(0, n_cols, step):
+        yield slice(start, min(start + step, n_cols))
+
+
+def _buffer(flat: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """A contiguous ``rows x cols`` view at the start of a flat buffer."""
+    return flat[: rows * cols].reshape(rows, cols)
+
+
+def _partial_bytes(H: np.ndarray) -> int:
+    return H.shape[0] * H.shape[1] * H.dtype.itemsize
 
 
 def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -86,7 +123,13 @@ def frobenius_w_update(
     ``W' = W * (V H^T) / (W H H^T + l1 + l2 W)``; ``VHt`` may pass ``V H^T``
     when H does not change between steps.
     """
-    numerator = V @ H.T if VHt is None else VHt.copy()
+    return _frobenius_w(W, V @ H.T if VHt is None else VHt.copy(), HHt, l1, l2)
+
+
+def _frobenius_w(
+    W: np.ndarray, numerator: np.ndarray, HHt: np.ndarray, l1: float, l2: float
+) -> np.ndarray:
+    """``W * numerator / (W HHt + l1 + l2 W)`` (``numerator`` is overwritten)."""
     denominator = W @ HHt
     if l1 > 0:
         denominator += l1
@@ -95,7 +138,7 @@ def frobenius_w_update(
     return W * _safe_ratio(numerator, denominator)
 
 
-def _kl_ratio(V, W: np.ndarray, H: np.ndarray, out: np.ndarray | None = None):
+def _kl_ratio(V, W: np.ndarray, H: np.ndarray, out: np.ndarray | None = None, HT=None):
     """``V / (W H)`` with W·H floored at EPSILON (scikit-learn's guard).
 
     For a sparse V, W·H is computed only where V is non-zero (elsewhere the
@@ -104,9 +147,18 @@ def _kl_ratio(V, W: np.ndarray, H: np.ndarray, out: np.ndarray | None = None):
     per block saves the page faults of a fresh m_i x n array per sub-block.
     """
     if sp.issparse(V):
-        rows = np.repeat(np.arange(V.shape[0]), np.diff(V.indptr))
-        # Gather rows of H^T (contiguous), not columns of H: a far faster copy.
-        WH = np.einsum("ij,ij->i", W[rows], np.ascontiguousarray(H.T)[V.indices])
+        if HT is None:
+            HT = np.ascontiguousarray(H.T)
+        WH = np.empty(V.nnz, np.result_type(W, H))
+        # Rows of H^T (contiguous), not columns of H: a far faster gather; in
+        # pieces of rows, so the two nnz x k gathers stay within SUB_BLOCK_BYTES.
+        per_row = max(1, V.nnz // max(1, V.shape[0])) * 2 * H.shape[0] * WH.itemsize
+        for rows in _sub_blocks(V.shape[0], per_row):
+            a, b = V.indptr[rows.start], V.indptr[rows.stop]
+            at = np.repeat(
+                np.arange(rows.start, rows.stop), np.diff(V.indptr[rows.start : rows.stop + 1])
+            )
+            np.einsum("ij,ij->i", W[at], HT[V.indices[a:b]], out=WH[a:b])
         WH[WH < EPSILON] = EPSILON
         return sp.csr_matrix((V.data / WH, V.indices, V.indptr), shape=V.shape)
     WH = np.matmul(W, H, out=out)
@@ -147,7 +199,11 @@ def kl_w_update(
     """
     if ratio is None:
         ratio = _kl_ratio(V, W, H)
-    numerator = ratio @ H.T
+    return _kl_w(W, ratio @ H.T, H_sum, l1, l2)
+
+
+def _kl_w(W: np.ndarray, numerator: np.ndarray, H_sum, l1: float, l2: float) -> np.ndarray:
+    """``W * numerator / (1 H^T + l1 + l2 W)`` (``numerator`` is overwritten)."""
     denominator = np.broadcast_to(H_sum, W.shape).copy()
     if l1 > 0:
         denominator += l1
@@ -190,36 +246,73 @@ def frobenius_block_step(
     V = as_block(V)
     k, n = H.shape
     W_new = np.empty_like(W)
-    A = np.zeros((k, n), dtype=W.dtype)
+    sums = _Sums(k, n, W.dtype)
     B = np.zeros((k, k), dtype=W.dtype)
-    # One k x n product buffer per block, not one per sub-block: large
-    # temporaries are fresh mmaps under dask's MALLOC_TRIM_THRESHOLD_ setting.
-    product = np.empty((k, n), dtype=A.dtype)
     if initial_loss:
-        A0 = np.zeros((k, n), dtype=W.dtype)
+        A0 = _Sums(k, n, W.dtype)
         B0 = np.zeros((k, k), dtype=W.dtype)
     r0 = 0.0
-    row_bytes = _row_bytes(V)
-    residual_buf = None
-    if residual:
-        residual_buf = np.empty((min(_sub_step(row_bytes), V.shape[0]), n), np.result_type(W, H))
-    for rows in _sub_blocks(V.shape[0], row_bytes):
+    step = min(_sub_step(_row_bytes(V), partial_bytes=_partial_bytes(H)), max(1, V.shape[0]))
+    tile = _tile_cols(step, n, np.result_type(W, H).itemsize)
+    residual_buf = np.empty(step * tile, np.result_type(W, H)) if residual else None
+    HT = np.ascontiguousarray(H.T) if sp.issparse(V) else H.T
+    for rows in _sub_blocks(V.shape[0], 1, step):
         Vs, Ws = V[rows], W[rows]
-        if residual:  # while Vs is in cache
-            r0 += _residual_sumsq(Vs, Ws, H, residual_buf[: Ws.shape[0]])
-        Wn = frobenius_w_update(Vs, Ws, H, HHt, l1, l2)
+        if residual:  # while Vs is in cache (a tile of it, on a wide V)
+            r0 += residual_tiles(Vs, Ws, H, tile, residual_buf)
+        Wn = _frobenius_w(Ws, Vs @ HT, HHt, l1, l2)
         W_new[rows] = Wn
-        A += _product(Wn.T, Vs, product)
+        sums.add(Wn, Vs)
         B += Wn.T @ Wn
         if initial_loss:
-            A0 += _product(Ws.T, Vs, product)
+            A0.add(Ws, Vs)
             B0 += Ws.T @ Ws
-    partials = {"A": A, "B": B, **_w_terms(W_new, W)}
+    partials = {"A": sums.total(), "B": B, **_w_terms(W_new, W)}
     if initial_loss:
-        partials.update(A0=A0, B0=B0)
+        partials.update(A0=A0.total(), B0=B0)
     if residual:
         partials["r0"] = r0
     return W_new, partials
+
+
+class _Sums:
+    """A k x n sum of products ``X^T Y`` over sub-blocks: the first product is
+    written in place (no zeros to add to), later ones through one reused buffer;
+    a sparse Y's products are summed transposed (scipy forms ``Y^T X``, n x k)."""
+
+    def __init__(self, k: int, n: int, dtype: np.dtype):
+        self.shape, self.dtype = (k, n), dtype
+        self.total_ = self.buffer = None
+        self.transposed = False
+
+    def add(self, X: np.ndarray, Y, cols: slice | None = None) -> None:
+        """Add ``X^T Y`` (to the columns ``cols`` of the sum, where given)."""
+        if sp.issparse(Y):
+            self._add_sparse(X, Y)
+            return
+        if self.total_ is None:
+            self.total_ = np.zeros(self.shape, self.dtype) if cols is not None else None
+            if cols is None:
+                self.total_ = _product(X.T, Y, np.empty(self.shape, self.dtype))
+                return
+        target = self.total_ if cols is None else self.total_[:, cols]
+        if self.buffer is None:
+            self.buffer = np.empty(self.shape[0] * self.shape[1], self.dtype)
+        target += _product(X.T, Y, _buffer(self.buffer, self.shape[0], Y.shape[1]))
+
+    def _add_sparse(self, X: np.ndarray, Y) -> None:
+        product = np.asarray(Y.T @ X)  # n x k
+        if product.dtype != self.dtype:
+            product = product.astype(self.dtype)
+        if self.total_ is None:
+            self.total_, self.transposed = product, True
+        else:
+            self.total_ += product
+
+    def total(self) -> np.ndarray:
+        if self.total_ is None:
+            return np.zeros(self.shape, self.dtype)
+        return np.ascontiguousarray(self.total_.T) if self.transposed else self.total_
 
 
 def _w_terms(W_new: np.ndarray, W: np.ndarray | None) -> dict:
@@ -248,18 +341,51 @@ def _residual_sumsq(V, W: np.ndarray, H: np.ndarray, out: np.ndarray | None = No
         R[rows, V.indices] -= V.data
     else:
         np.subtract(R, V, out=R)
+    return _sumsq(R)
+
+
+def _sumsq(R: np.ndarray) -> float:
+    """The sum of squares of a contiguous array, in float64."""
     flat = R.ravel()
     if flat.dtype != np.float64:
         return float(np.dot(flat.astype(np.float64), flat.astype(np.float64)))
     return float(np.dot(flat, flat))
 
 
+def residual_tiles(Vs, Ws: np.ndarray, H: np.ndarray, tile: int, buf: np.ndarray) -> float:
+    """``||Vs - Ws H||^2`` of a sub-block, a column tile at a time, each tile's
+    ``Ws H`` formed in ``buf`` (a flat buffer of at least rows x tile)."""
+    n = H.shape[1]
+    if tile >= n:
+        return _residual_sumsq(Vs, Ws, H, _buffer(buf, Ws.shape[0], n))
+    if sp.issparse(Vs):  # by columns: a tile's entries are one slice of CSC
+        Vs = Vs.tocsc()
+        Vs.sum_duplicates()
+    total = 0.0
+    for cols in _col_tiles(n, tile):
+        width = cols.stop - cols.start
+        R = np.matmul(Ws, H[:, cols], out=_buffer(buf, Ws.shape[0], width))
+        if sp.issparse(Vs):
+            ptr = Vs.indptr[cols.start : cols.stop + 1]
+            at = np.repeat(np.arange(width), np.diff(ptr))
+            R[Vs.indices[ptr[0] : ptr[-1]], at] -= Vs.data[ptr[0] : ptr[-1]]
+        else:
+            np.subtract(R, Vs[:, cols], out=R)
+        total += _sumsq(R)
+    return total
+
+
 def residual_sumsq(V, W: np.ndarray, H: np.ndarray) -> float:
     """``||V - W H||^2`` of one block, computed directly, sub-block by sub-block."""
     V = as_block(V)
+    n = H.shape[1]
+    step = _sub_step(_row_bytes(V), partial_bytes=_partial_bytes(H))
+    step = min(step, max(1, V.shape[0]))
+    tile = _tile_cols(step, n, np.result_type(W, H).itemsize)
+    buf = np.empty(step * tile, np.result_type(W, H))
     total = 0.0
-    for rows in _sub_blocks(V.shape[0], max(_row_bytes(V), H.shape[1] * H.dtype.itemsize)):
-        total += _residual_sumsq(V[rows], W[rows], H)
+    for rows in _sub_blocks(V.shape[0], 1, step):
+        total += residual_tiles(V[rows], W[rows], H, tile, buf)
     return total
 
 
@@ -285,28 +411,46 @@ def kl_block_step(
     k, n = H.shape
     H_sum = H.sum(axis=1)
     W_new = np.empty_like(W)
-    A = np.zeros((k, n), dtype=W.dtype)
-    product = np.empty((k, n), dtype=A.dtype)
+    sums = _Sums(k, n, W.dtype)
     vlogr = v_sum = 0.0
-    row_bytes = _row_bytes(V, k)
+    step = _sub_step(_row_bytes(V, k), partial_bytes=_partial_bytes(H))
+    step = min(step, max(1, V.shape[0]))
+    dtype = np.result_type(W, H)
+    tile = n if sp.issparse(V) else _tile_cols(step, n, dtype.itemsize)
+    HT = np.ascontiguousarray(H.T) if sp.issparse(V) else None
+    # Two tile buffers, reused (a fresh array per tile would be page faults).
     ratio_buf = log_buf = None
-    if not sp.issparse(V):  # two sub-block buffers, reused
-        step = min(_sub_step(row_bytes), V.shape[0])
-        dtype = np.result_type(W, H)
-        ratio_buf, log_buf = np.empty((step, n), dtype), np.empty((step, n), dtype)
-    for rows in _sub_blocks(V.shape[0], row_bytes):
+    if not sp.issparse(V):
+        ratio_buf, log_buf = np.empty(step * tile, dtype), np.empty(step * tile, dtype)
+    for rows in _sub_blocks(V.shape[0], 1, step):
         Vs, Ws = V[rows], W[rows]
         size = Ws.shape[0]
-        ratio = _kl_ratio(Vs, Ws, H, out=None if ratio_buf is None else ratio_buf[:size])
+        numerator = None
+        # The W update's V / WH tile by tile (all columns at once on a tall V).
+        for cols in _col_tiles(n, tile):
+            Vc, Hc = Vs[:, cols], H[:, cols]
+            out = None if ratio_buf is None else _buffer(ratio_buf, size, Vc.shape[1])
+            ratio = _kl_ratio(Vc, Ws, Hc, out=out, HT=HT)
+            if with_loss:
+                logs = None if log_buf is None else _buffer(log_buf, size, Vc.shape[1])
+                vlogr += _vlogr(Vc, ratio, out=logs)
+            part = ratio @ (HT if HT is not None else Hc.T)
+            if numerator is None:
+                numerator = part
+            else:
+                numerator += part
         if with_loss:
-            vlogr += _vlogr(Vs, ratio, out=None if log_buf is None else log_buf[:size])
             # V's sum as read now: the loss is then that of the V this pass saw
             # (a chunk lost since the validation pass shows as a rise).
             v_sum += float(Vs.sum(dtype=np.float64))
-        Wn = kl_w_update(Vs, Ws, H, H_sum, l1, l2, ratio=ratio)
+        Wn = _kl_w(Ws, numerator, H_sum, l1, l2)
         W_new[rows] = Wn
-        A += _product(Wn.T, _kl_ratio(Vs, Wn, H, out=ratio), product)
-    partials = {"A": A, **_w_terms(W_new, W if with_loss else None)}
+        # ... and the H update's W'^T (V / W'H), tile by tile again.
+        for cols in _col_tiles(n, tile):
+            Vc, Hc = Vs[:, cols], H[:, cols]
+            out = None if ratio_buf is None else _buffer(ratio_buf, size, Vc.shape[1])
+            sums.add(Wn, _kl_ratio(Vc, Wn, Hc, out=out, HT=HT), None if tile >= n else cols)
+    partials = {"A": sums.total(), **_w_terms(W_new, W if with_loss else None)}
     if with_loss:
         partials.update(vlogr=vlogr, v_sum=v_sum)
     return W_new, partials
@@ -316,8 +460,15 @@ def kl_loss_terms(V: np.ndarray, W: np.ndarray, H: np.ndarray) -> dict:
     """The per-block terms of D(V || WH) (see :func:`kl_divergence`)."""
     V = as_block(V)
     vlogr = 0.0
-    for rows in _sub_blocks(V.shape[0], _row_bytes(V, H.shape[0])):
-        vlogr += _vlogr(V[rows], _kl_ratio(V[rows], W[rows], H))
+    n = H.shape[1]
+    step = min(
+        _sub_step(_row_bytes(V, H.shape[0]), partial_bytes=_partial_bytes(H)), max(1, V.shape[0])
+    )
+    tile = n if sp.issparse(V) else _tile_cols(step, n, np.result_type(W, H).itemsize)
+    for rows in _sub_blocks(V.shape[0], 1, step):
+        for cols in _col_tiles(n, tile):
+            Vc = V[rows][:, cols] if tile < n else V[rows]
+            vlogr += _vlogr(Vc, _kl_ratio(Vc, W[rows], H[:, cols]))
     return {"vlogr": vlogr, "w0_sum": W.sum(axis=0, dtype=np.float64)}
 
 
