@@ -272,7 +272,13 @@ def fit(
         sample_dims=sample_dims,
         feature_dims=feature_dims,
     )
-    Vin = open_input(V, block_rows, block_bytes=runner.block_bytes, **opening)
+    Vin = open_input(
+        V,
+        block_rows,
+        block_bytes=runner.block_bytes,
+        n_components=options.n_components,
+        **opening,
+    )
     runner.expect_blocks(Vin, checkpoint, storage_options)  # (for ClusterError's messages)
     m, n = Vin.shape
     k = options.n_components
@@ -504,6 +510,7 @@ def transform(
         dtype=H.dtype,
         storage_options=storage_options,
         parallelism=runner.parallelism,
+        n_components=k,
     )
     if Vin.shape[1] != n:
         raise InputError(f"V has {Vin.shape[1]} columns but the model has {n} features")

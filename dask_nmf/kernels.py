@@ -489,8 +489,12 @@ def frobenius_h_update(
     if l1 > 0:
         denominator += l1
     if l2 > 0:
-        denominator = denominator + l2 * H
-    return H * _safe_ratio(A.copy(), denominator)
+        denominator += l2 * H
+    # In place in the one k x n array made here: H * (A / denominator).
+    denominator[denominator == 0] = EPSILON
+    np.divide(A, denominator, out=denominator)
+    denominator *= H
+    return denominator
 
 
 def kl_h_update(
@@ -501,12 +505,13 @@ def kl_h_update(
     ``A = W^T (V / WH)``; ``w_sum`` the column sums of W.
     """
     w_sum = np.where(w_sum == 0, 1.0, w_sum).astype(H.dtype)
-    denominator = np.broadcast_to(w_sum[:, None], H.shape).copy()
-    if l1 > 0:
-        denominator += l1
+    # Without l2, one value per row of H: no k x n denominator.
+    denominator = w_sum[:, None] + l1 if l1 > 0 else w_sum[:, None]
     if l2 > 0:
-        denominator += l2 * H
-    H_new = H * _safe_ratio(A.copy(), denominator)
+        denominator = denominator + l2 * H
+    denominator[denominator == 0] = EPSILON
+    H_new = np.divide(A, denominator)
+    H_new *= H
     H_new[H_new < H_FLOOR] = 0.0
     return H_new
 
@@ -586,10 +591,21 @@ def add_partials(a: dict, b: dict) -> dict:
 
 
 def sum_partials(parts: list[dict]) -> dict:
-    """:func:`add_partials` over a list (one node of a reduction tree)."""
-    out = parts[0]
+    """:func:`add_partials` over a list (one node of a reduction tree).
+
+    The arrays are summed in place in one copy of the first part's: one new
+    k x n array per node, not one per part (each a fresh mmap's page faults on
+    a wide V).  The parts themselves are task results and stay unchanged.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    out = {key: v.copy() if isinstance(v, np.ndarray) else v for key, v in parts[0].items()}
     for p in parts[1:]:
-        out = add_partials(out, p)
+        for key, v in out.items():
+            if isinstance(v, np.ndarray):
+                v += p[key]
+            else:
+                out[key] = v + p[key]
     return out
 
 
