@@ -28,6 +28,16 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from .reductions import (  # noqa: F401  (re-exported: the per-block math in one namespace)
+    ProductSum,
+    add_partials,
+    as_block,
+    block_stats,
+    merge_all_stats,
+    merge_stats,
+    sum_partials,
+)
+
 #: Guard used by scikit-learn for denominators and for W·H in the KL update.
 EPSILON = float(np.finfo(np.float32).eps)
 #: scikit-learn zeroes entries of H below this after a KL update.
@@ -42,15 +52,6 @@ SUB_BLOCK_BYTES = 4 * 2**20
 PARTIAL_REUSE = 4
 #: The narrowest column tile: narrower ones make the products inefficient.
 MIN_TILE_COLS = 256
-
-
-def as_block(V):
-    """A dense block as an ndarray; a sparse one (scipy.sparse, pydata sparse) as CSR."""
-    if sp.issparse(V):
-        return V.tocsr()
-    if hasattr(V, "to_scipy_sparse"):  # pydata sparse COO / GCXS
-        return V.to_scipy_sparse().tocsr()
-    return np.asarray(V)
 
 
 def _row_bytes(V, k: int = 0) -> int:
@@ -215,13 +216,6 @@ def _kl_w(W: np.ndarray, numerator: np.ndarray, H_sum, l1: float, l2: float) -> 
 # --------------------------------------------------------------------------
 # One fused pass over a block: W update + partial sums for H + loss terms
 # --------------------------------------------------------------------------
-def _product(a, b, out: np.ndarray) -> np.ndarray:
-    """``a @ b`` into ``out`` (dense), or a new array (a sparse operand)."""
-    if sp.issparse(b) or out.dtype != np.result_type(a, b):
-        return a @ b
-    return np.matmul(a, b, out=out)
-
-
 def frobenius_block_step(
     V: np.ndarray,
     W: np.ndarray,
@@ -246,10 +240,10 @@ def frobenius_block_step(
     V = as_block(V)
     k, n = H.shape
     W_new = np.empty_like(W)
-    sums = _Sums(k, n, W.dtype)
+    sums = ProductSum(k, n, W.dtype)
     B = np.zeros((k, k), dtype=W.dtype)
     if initial_loss:
-        A0 = _Sums(k, n, W.dtype)
+        A0 = ProductSum(k, n, W.dtype)
         B0 = np.zeros((k, k), dtype=W.dtype)
     r0 = 0.0
     step = min(_sub_step(_row_bytes(V), partial_bytes=_partial_bytes(H)), max(1, V.shape[0]))
@@ -273,46 +267,6 @@ def frobenius_block_step(
     if residual:
         partials["r0"] = r0
     return W_new, partials
-
-
-class _Sums:
-    """A k x n sum of products ``X^T Y`` over sub-blocks: the first product is
-    written in place (no zeros to add to), later ones through one reused buffer;
-    a sparse Y's products are summed transposed (scipy forms ``Y^T X``, n x k)."""
-
-    def __init__(self, k: int, n: int, dtype: np.dtype):
-        self.shape, self.dtype = (k, n), dtype
-        self.total_ = self.buffer = None
-        self.transposed = False
-
-    def add(self, X: np.ndarray, Y, cols: slice | None = None) -> None:
-        """Add ``X^T Y`` (to the columns ``cols`` of the sum, where given)."""
-        if sp.issparse(Y):
-            self._add_sparse(X, Y)
-            return
-        if self.total_ is None:
-            self.total_ = np.zeros(self.shape, self.dtype) if cols is not None else None
-            if cols is None:
-                self.total_ = _product(X.T, Y, np.empty(self.shape, self.dtype))
-                return
-        target = self.total_ if cols is None else self.total_[:, cols]
-        if self.buffer is None:
-            self.buffer = np.empty(self.shape[0] * self.shape[1], self.dtype)
-        target += _product(X.T, Y, _buffer(self.buffer, self.shape[0], Y.shape[1]))
-
-    def _add_sparse(self, X: np.ndarray, Y) -> None:
-        product = np.asarray(Y.T @ X)  # n x k
-        if product.dtype != self.dtype:
-            product = product.astype(self.dtype)
-        if self.total_ is None:
-            self.total_, self.transposed = product, True
-        else:
-            self.total_ += product
-
-    def total(self) -> np.ndarray:
-        if self.total_ is None:
-            return np.zeros(self.shape, self.dtype)
-        return np.ascontiguousarray(self.total_.T) if self.transposed else self.total_
 
 
 def _w_terms(W_new: np.ndarray, W: np.ndarray | None) -> dict:
@@ -411,7 +365,7 @@ def kl_block_step(
     k, n = H.shape
     H_sum = H.sum(axis=1)
     W_new = np.empty_like(W)
-    sums = _Sums(k, n, W.dtype)
+    sums = ProductSum(k, n, W.dtype)
     vlogr = v_sum = 0.0
     step = _sub_step(_row_bytes(V, k), partial_bytes=_partial_bytes(H))
     step = min(step, max(1, V.shape[0]))
@@ -539,79 +493,3 @@ def kl_divergence(v_sum: float, vlogr: float, w_sum: np.ndarray, H: np.ndarray) 
     """
     wh_sum = float(np.dot(np.asarray(w_sum, np.float64), H.sum(axis=1, dtype=np.float64)))
     return max(vlogr - v_sum + wh_sum, 0.0)
-
-
-def block_stats(V) -> dict:
-    """Statistics of one block for validation and set-up, in one read.
-
-    ``min``, ``max`` (of the finite values), ``finite`` (all finite), ``sum`` and
-    ``sumsq`` (float64).  For a sparse block they come from the stored values
-    (and the implicit zeros).
-    """
-    V = as_block(V)
-    if V.shape[0] * V.shape[1] == 0:
-        return {"min": np.inf, "max": -np.inf, "finite": True, "sum": 0.0, "sumsq": 0.0}
-    values = V.data if sp.issparse(V) else V
-    finite = bool(np.isfinite(values).all())
-    if values.size == 0:
-        vmin = vmax = 0.0
-    elif finite:
-        vmin, vmax = float(values.min()), float(values.max())
-    else:
-        vmin = float(np.nanmin(np.where(np.isfinite(values), values, np.inf)))
-        vmax = float(np.nanmax(np.where(np.isfinite(values), values, -np.inf)))
-    if sp.issparse(V) and V.nnz < V.shape[0] * V.shape[1]:
-        vmin, vmax = min(vmin, 0.0), max(vmax, 0.0)
-    v64 = values.astype(np.float64, copy=False).ravel()
-    with np.errstate(over="ignore"):  # an inf sum of squares is reported, not warned of
-        sumsq = float(np.dot(v64, v64)) if finite else np.nan
-    return {
-        "min": vmin,
-        "max": vmax,
-        "finite": finite,
-        "sum": float(v64.sum()),
-        "sumsq": sumsq,
-    }
-
-
-def merge_stats(a: dict, b: dict) -> dict:
-    """Combine two :func:`block_stats` results."""
-    return {
-        "min": min(a["min"], b["min"]),
-        "max": max(a.get("max", np.nan), b.get("max", np.nan)),
-        "finite": a["finite"] and b["finite"],
-        "sum": a["sum"] + b["sum"],
-        "sumsq": a["sumsq"] + b["sumsq"],
-    }
-
-
-def add_partials(a: dict, b: dict) -> dict:
-    """Sum two partial-sum dictionaries key by key."""
-    return {key: a[key] + b[key] for key in a}
-
-
-def sum_partials(parts: list[dict]) -> dict:
-    """:func:`add_partials` over a list (one node of a reduction tree).
-
-    The arrays are summed in place in one copy of the first part's: one new
-    k x n array per node, not one per part (each a fresh mmap's page faults on
-    a wide V).  The parts themselves are task results and stay unchanged.
-    """
-    if len(parts) == 1:
-        return parts[0]
-    out = {key: v.copy() if isinstance(v, np.ndarray) else v for key, v in parts[0].items()}
-    for p in parts[1:]:
-        for key, v in out.items():
-            if isinstance(v, np.ndarray):
-                v += p[key]
-            else:
-                out[key] = v + p[key]
-    return out
-
-
-def merge_all_stats(parts: list[dict]) -> dict:
-    """:func:`merge_stats` over a list (one node of a reduction tree)."""
-    out = parts[0]
-    for p in parts[1:]:
-        out = merge_stats(out, p)
-    return out

@@ -207,18 +207,3 @@ def test_wide_sub_blocks_hold_the_partial_and_tiles_the_cache(rng, beta, monkeyp
     np.testing.assert_allclose(H_new, H_ref, rtol=1e-11)
     if beta == 1:
         assert {s[0] for s in shapes} == {m} and max(s[1] for s in shapes) == tile
-
-
-def test_sum_partials_adds_in_place_without_changing_the_parts(rng):
-    parts = [
-        {"A": rng.random((3, 5)), "B": rng.random((3, 3)), "x": float(i), "rows": i}
-        for i in range(4)
-    ]
-    copies = [{key: np.copy(v) for key, v in p.items()} for p in parts]
-    total = kernels.sum_partials(parts)
-    np.testing.assert_allclose(total["A"], sum(p["A"] for p in copies), rtol=1e-15)
-    np.testing.assert_allclose(total["B"], sum(p["B"] for p in copies), rtol=1e-15)
-    assert total["x"] == 6.0 and total["rows"] == 6
-    for p, c in zip(parts, copies):
-        for key in p:
-            np.testing.assert_array_equal(p[key], c[key])

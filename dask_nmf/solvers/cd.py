@@ -184,7 +184,7 @@ class CoordinateDescent(FrobeniusMU):
         k, n = H.shape
         order = self._order(2 * t, k)  # this iteration's W sweep
         W_new = np.empty_like(W)
-        A = kernels._Sums(k, n, W.dtype)
+        A = kernels.ProductSum(k, n, W.dtype)
         B = np.zeros((k, k), dtype=W.dtype)
         violation, r0 = 0.0, 0.0
         # Sub-blocks of rows, as the MU kernel does: the sweep is row-local, and

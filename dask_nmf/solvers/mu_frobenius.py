@@ -195,7 +195,7 @@ def accelerated_block_step(
     # ρ_W of this block: (computing V Hᵀ and H Hᵀ) / (one update from them).
     limit = inner_updates(1.0 + (nnz + n * k) / (max(m, 1) * (k + 1)), alpha)
     W_new = np.empty_like(W)
-    A = kernels._Sums(k, n, W.dtype)
+    A = kernels.ProductSum(k, n, W.dtype)
     B = np.zeros((k, k), dtype=W.dtype)
     r0 = 0.0
     sub = kernels._sub_step(kernels._row_bytes(V), partial_bytes=kernels._partial_bytes(H))
