@@ -4,7 +4,7 @@
     python benchmarks/run.py --quick         # reduced sizes/repeats (about 2-3 min)
     python benchmarks/run.py --case peers --case roofline
 
-Cases (in this order): peers, roofline, profile, outofcore, scaling, sparse, codecs.
+Cases (in this order): peers, roofline, profile, outofcore, scaling, sparse, codecs, shapes.
 Each prints its tables and writes ``benchmarks/results/<case>.json`` (sweeps also a
 PNG); all printed tables of the run also go to ``benchmarks/results/report[_quick].md``.
 Synthetic data (zarr stores) is made once under ``--data-dir`` (default
@@ -32,6 +32,7 @@ CASES = {
     "scaling": "bench_scaling",
     "sparse": "bench_sparse",
     "codecs": "bench_codecs",
+    "shapes": "bench_shapes",
 }
 
 

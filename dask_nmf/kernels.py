@@ -86,9 +86,10 @@ def _tile_cols(rows: int, n_cols: int, itemsize: int) -> int:
     return max(1, min(n_cols, cols))
 
 
-def _col_tiles(n_cols: int, step: int):
-    for start in range(0, n_cols, step):
-        yield slice(start, min(start + step, n_cols))
+def _slices(length: int, step: int):
+    """Consecutive slices of ``step`` (rows of sub-blocks, columns of tiles)."""
+    for start in range(0, length, step):
+        yield slice(start, min(start + step, length))
 
 
 def _buffer(flat: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -250,7 +251,7 @@ def frobenius_block_step(
     tile = _tile_cols(step, n, np.result_type(W, H).itemsize)
     residual_buf = np.empty(step * tile, np.result_type(W, H)) if residual else None
     HT = np.ascontiguousarray(H.T) if sp.issparse(V) else H.T
-    for rows in _sub_blocks(V.shape[0], 1, step):
+    for rows in _slices(V.shape[0], step):
         Vs, Ws = V[rows], W[rows]
         if residual:  # while Vs is in cache (a tile of it, on a wide V)
             r0 += residual_tiles(Vs, Ws, H, tile, residual_buf)
@@ -316,7 +317,7 @@ def residual_tiles(Vs, Ws: np.ndarray, H: np.ndarray, tile: int, buf: np.ndarray
         Vs = Vs.tocsc()
         Vs.sum_duplicates()
     total = 0.0
-    for cols in _col_tiles(n, tile):
+    for cols in _slices(n, tile):
         width = cols.stop - cols.start
         R = np.matmul(Ws, H[:, cols], out=_buffer(buf, Ws.shape[0], width))
         if sp.issparse(Vs):
@@ -338,7 +339,7 @@ def residual_sumsq(V, W: np.ndarray, H: np.ndarray) -> float:
     tile = _tile_cols(step, n, np.result_type(W, H).itemsize)
     buf = np.empty(step * tile, np.result_type(W, H))
     total = 0.0
-    for rows in _sub_blocks(V.shape[0], 1, step):
+    for rows in _slices(V.shape[0], step):
         total += residual_tiles(V[rows], W[rows], H, tile, buf)
     return total
 
@@ -376,12 +377,12 @@ def kl_block_step(
     ratio_buf = log_buf = None
     if not sp.issparse(V):
         ratio_buf, log_buf = np.empty(step * tile, dtype), np.empty(step * tile, dtype)
-    for rows in _sub_blocks(V.shape[0], 1, step):
+    for rows in _slices(V.shape[0], step):
         Vs, Ws = V[rows], W[rows]
         size = Ws.shape[0]
         numerator = None
         # The W update's V / WH tile by tile (all columns at once on a tall V).
-        for cols in _col_tiles(n, tile):
+        for cols in _slices(n, tile):
             Vc, Hc = Vs[:, cols], H[:, cols]
             out = None if ratio_buf is None else _buffer(ratio_buf, size, Vc.shape[1])
             ratio = _kl_ratio(Vc, Ws, Hc, out=out, HT=HT)
@@ -400,7 +401,7 @@ def kl_block_step(
         Wn = _kl_w(Ws, numerator, H_sum, l1, l2)
         W_new[rows] = Wn
         # ... and the H update's W'^T (V / W'H), tile by tile again.
-        for cols in _col_tiles(n, tile):
+        for cols in _slices(n, tile):
             Vc, Hc = Vs[:, cols], H[:, cols]
             out = None if ratio_buf is None else _buffer(ratio_buf, size, Vc.shape[1])
             sums.add(Wn, _kl_ratio(Vc, Wn, Hc, out=out, HT=HT), None if tile >= n else cols)
@@ -419,8 +420,8 @@ def kl_loss_terms(V: np.ndarray, W: np.ndarray, H: np.ndarray) -> dict:
         _sub_step(_row_bytes(V, H.shape[0]), partial_bytes=_partial_bytes(H)), max(1, V.shape[0])
     )
     tile = n if sp.issparse(V) else _tile_cols(step, n, np.result_type(W, H).itemsize)
-    for rows in _sub_blocks(V.shape[0], 1, step):
-        for cols in _col_tiles(n, tile):
+    for rows in _slices(V.shape[0], step):
+        for cols in _slices(n, tile):
             Vc = V[rows][:, cols] if tile < n else V[rows]
             vlogr += _vlogr(Vc, _kl_ratio(Vc, W[rows], H[:, cols]))
     return {"vlogr": vlogr, "w0_sum": W.sum(axis=0, dtype=np.float64)}

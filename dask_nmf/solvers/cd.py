@@ -193,7 +193,7 @@ class CoordinateDescent(FrobeniusMU):
         step = min(step, max(1, V.shape[0]))
         tile = kernels._tile_cols(step, n, np.result_type(W, H).itemsize)
         residual_buf = np.empty(step * tile, np.result_type(W, H)) if direct else None
-        for rows in kernels._sub_blocks(V.shape[0], 1, step):
+        for rows in kernels._slices(V.shape[0], step):
             Vs = V[rows]
             if direct:
                 r0 += kernels.residual_tiles(Vs, W[rows], H, tile, residual_buf)

@@ -203,7 +203,7 @@ def accelerated_block_step(
     tile = kernels._tile_cols(sub, n, np.result_type(W, H).itemsize)
     residual_buf = np.empty(sub * tile, np.result_type(W, H)) if residual else None
     HT = np.ascontiguousarray(H.T) if sp.issparse(V) else H.T
-    for rows in kernels._sub_blocks(m, 1, sub):
+    for rows in kernels._slices(m, sub):
         Vs, Ws = V[rows], W[rows]
         if residual:  # while Vs is in cache (a tile of it, on a wide V)
             r0 += kernels.residual_tiles(Vs, Ws, H, tile, residual_buf)
