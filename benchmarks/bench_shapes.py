@@ -114,7 +114,8 @@ def run(args, ctx) -> dict:
                         from distributed import Client
 
                         cluster = common.local_cluster(2, 1)
-                        client = Client(cluster)
+                        # Not the default client: the threaded runs must stay threaded.
+                        client = Client(cluster, set_as_default=False)
                     targets.append(("LocalCluster 2x1", client))
                 for where, cl in targets:
                     ours = per_iteration(lambda N, cl=cl: run_ours(V, W0, H0, beta, N, cl),
