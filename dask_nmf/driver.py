@@ -285,7 +285,13 @@ def fit(
         # Continue with the checkpoint's row blocks (W is stored in them).
         with contextlib.suppress(FileNotFoundError, ValueError):
             block_rows = persistence.read_meta(checkpoint, storage_options)["params"]["block_rows"]
-    Vin = reading.open(V, runner, block_rows, **({"array": None} if masked else {}))
+    Vin = reading.open(
+        V,
+        runner,
+        block_rows,
+        n_components=options.n_components,
+        **({"array": None} if masked else {}),
+    )
     runner.expect_blocks(Vin, checkpoint, storage_options)  # (for ClusterError's messages)
     check_missing_input(Vin, options.missing)
     m, n = Vin.shape

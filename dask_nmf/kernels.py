@@ -14,12 +14,29 @@ Inside a block the rows are processed in cache-sized *sub-blocks*: the W update
 of a sub-block and its contribution to ``W'^T V`` are computed while that
 sub-block of V is still in cache, so V is streamed from memory once per
 iteration instead of twice.
+
+Every sub-block also reads H and adds to the ``k x n`` partial sums, traffic
+that does not shrink with the sub-block: on a wide V (few rows fill the cache)
+it would dwarf V's own.  So a sub-block holds at least ``PARTIAL_REUSE`` times
+the partial's bytes, even where that is more than the cache holds; its
+element-wise work (KL's ``V / WH``, the direct residual) then runs in *column
+tiles* of the sub-block that do fit, and only the products stream V twice.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+
+from .reductions import (  # noqa: F401  (re-exported: the per-block math in one namespace)
+    ProductSum,
+    add_partials,
+    as_block,
+    block_stats,
+    merge_all_stats,
+    merge_stats,
+    sum_partials,
+)
 
 #: Guard used by scikit-learn for denominators and for W·H in the KL update.
 EPSILON = float(np.finfo(np.float32).eps)
@@ -35,15 +52,12 @@ SUB_BLOCK_BYTES = 4 * 2**20
 #: their rounding is ~eps * ||V||^2), so the residual is computed directly.  By
 #: the dtype's item size: ~10 digits kept in float64, ~2 in float32.
 DIRECT_LOSS_BELOW = {8: 1e-6, 4: 1e-4}
-
-
-def as_block(V):
-    """A dense block as an ndarray; a sparse one (scipy.sparse, pydata sparse) as CSR."""
-    if sp.issparse(V):
-        return V.tocsr()
-    if hasattr(V, "to_scipy_sparse"):  # pydata sparse COO / GCXS
-        return V.to_scipy_sparse().tocsr()
-    return np.asarray(V)
+#: A sub-block streams at least this many times the bytes of the k x n partial
+#: sums it adds to (and of H, which it reads): below that, re-reading H and the
+#: sums per sub-block would cost more than reading V twice (benchmarks/bench_shapes.py).
+PARTIAL_REUSE = 4
+#: The narrowest column tile: narrower ones make the products inefficient.
+MIN_TILE_COLS = 256
 
 
 def _row_bytes(V, k: int = 0) -> int:
@@ -58,14 +72,39 @@ def _row_bytes(V, k: int = 0) -> int:
     return V.shape[1] * V.dtype.itemsize
 
 
-def _sub_step(row_bytes: int, sub_bytes: int | None = None) -> int:
-    return max(1, (SUB_BLOCK_BYTES if sub_bytes is None else sub_bytes) // max(row_bytes, 1))
+def _sub_step(row_bytes: int, sub_bytes: int | None = None, partial_bytes: int = 0) -> int:
+    """Rows per sub-block: ``sub_bytes`` (default SUB_BLOCK_BYTES) of rows, and at
+    least ``PARTIAL_REUSE * partial_bytes`` (the k x n sums each sub-block adds to)."""
+    budget = max(SUB_BLOCK_BYTES if sub_bytes is None else sub_bytes, PARTIAL_REUSE * partial_bytes)
+    return max(1, budget // max(row_bytes, 1))
 
 
-def _sub_blocks(n_rows: int, row_bytes: int, sub_bytes: int | None = None):
-    step = _sub_step(row_bytes, sub_bytes)
+def _sub_blocks(n_rows: int, row_bytes: int, sub_bytes: int | None = None, partial_bytes: int = 0):
+    step = _sub_step(row_bytes, sub_bytes, partial_bytes)
     for start in range(0, n_rows, step):
         yield slice(start, min(start + step, n_rows))
+
+
+def _tile_cols(rows: int, n_cols: int, itemsize: int) -> int:
+    """Columns per tile of a ``rows``-row sub-block: the tile fits SUB_BLOCK_BYTES
+    (all columns where the sub-block itself does, as on a tall V)."""
+    cols = max(MIN_TILE_COLS, SUB_BLOCK_BYTES // max(1, rows * itemsize))
+    return max(1, min(n_cols, cols))
+
+
+def _slices(length: int, step: int):
+    """Consecutive slices of ``step`` (rows of sub-blocks, columns of tiles)."""
+    for start in range(0, length, step):
+        yield slice(start, min(start + step, length))
+
+
+def _buffer(flat: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """A contiguous ``rows x cols`` view at the start of a flat buffer."""
+    return flat[: rows * cols].reshape(rows, cols)
+
+
+def _partial_bytes(H: np.ndarray) -> int:
+    return H.shape[0] * H.shape[1] * H.dtype.itemsize
 
 
 def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -92,7 +131,13 @@ def frobenius_w_update(
     ``W' = W * (V H^T) / (W H H^T + l1 + l2 W)``; ``VHt`` may pass ``V H^T``
     when H does not change between steps.
     """
-    numerator = V @ H.T if VHt is None else VHt.copy()
+    return _frobenius_w(W, V @ H.T if VHt is None else VHt.copy(), HHt, l1, l2)
+
+
+def _frobenius_w(
+    W: np.ndarray, numerator: np.ndarray, HHt: np.ndarray, l1: float, l2: float
+) -> np.ndarray:
+    """``W * numerator / (W HHt + l1 + l2 W)`` (``numerator`` is overwritten)."""
     denominator = W @ HHt
     if l1 > 0:
         denominator += l1
@@ -101,7 +146,7 @@ def frobenius_w_update(
     return W * _safe_ratio(numerator, denominator)
 
 
-def _kl_ratio(V, W: np.ndarray, H: np.ndarray, out: np.ndarray | None = None):
+def _kl_ratio(V, W: np.ndarray, H: np.ndarray, out: np.ndarray | None = None, HT=None):
     """``V / (W H)`` with W·H floored at EPSILON (scikit-learn's guard).
 
     For a sparse V, W·H is computed only where V is non-zero (elsewhere the
@@ -110,9 +155,18 @@ def _kl_ratio(V, W: np.ndarray, H: np.ndarray, out: np.ndarray | None = None):
     per block saves the page faults of a fresh m_i x n array per sub-block.
     """
     if sp.issparse(V):
-        rows = np.repeat(np.arange(V.shape[0]), np.diff(V.indptr))
-        # Gather rows of H^T (contiguous), not columns of H: a far faster copy.
-        WH = np.einsum("ij,ij->i", W[rows], np.ascontiguousarray(H.T)[V.indices])
+        if HT is None:
+            HT = np.ascontiguousarray(H.T)
+        WH = np.empty(V.nnz, np.result_type(W, H))
+        # Rows of H^T (contiguous), not columns of H: a far faster gather; in
+        # pieces of rows, so the two nnz x k gathers stay within SUB_BLOCK_BYTES.
+        per_row = max(1, V.nnz // max(1, V.shape[0])) * 2 * H.shape[0] * WH.itemsize
+        for rows in _sub_blocks(V.shape[0], per_row):
+            a, b = V.indptr[rows.start], V.indptr[rows.stop]
+            at = np.repeat(
+                np.arange(rows.start, rows.stop), np.diff(V.indptr[rows.start : rows.stop + 1])
+            )
+            np.einsum("ij,ij->i", W[at], HT[V.indices[a:b]], out=WH[a:b])
         WH[WH < EPSILON] = EPSILON
         return sp.csr_matrix((V.data / WH, V.indices, V.indptr), shape=V.shape)
     WH = np.matmul(W, H, out=out)
@@ -153,7 +207,11 @@ def kl_w_update(
     """
     if ratio is None:
         ratio = _kl_ratio(V, W, H)
-    numerator = ratio @ H.T
+    return _kl_w(W, ratio @ H.T, H_sum, l1, l2)
+
+
+def _kl_w(W: np.ndarray, numerator: np.ndarray, H_sum, l1: float, l2: float) -> np.ndarray:
+    """``W * numerator / (1 H^T + l1 + l2 W)`` (``numerator`` is overwritten)."""
     denominator = np.broadcast_to(H_sum, W.shape).copy()
     if l1 > 0:
         denominator += l1
@@ -165,13 +223,6 @@ def kl_w_update(
 # --------------------------------------------------------------------------
 # One fused pass over a block: W update + partial sums for H + loss terms
 # --------------------------------------------------------------------------
-def _product(a, b, out: np.ndarray) -> np.ndarray:
-    """``a @ b`` into ``out`` (dense), or a new array (a sparse operand)."""
-    if sp.issparse(b) or out.dtype != np.result_type(a, b):
-        return a @ b
-    return np.matmul(a, b, out=out)
-
-
 def frobenius_block_step(
     V: np.ndarray,
     W: np.ndarray,
@@ -196,33 +247,30 @@ def frobenius_block_step(
     V = as_block(V)
     k, n = H.shape
     W_new = np.empty_like(W)
-    A = np.zeros((k, n), dtype=W.dtype)
+    sums = ProductSum(k, n, W.dtype)
     B = np.zeros((k, k), dtype=W.dtype)
-    # One k x n product buffer per block, not one per sub-block: large
-    # temporaries are fresh mmaps under dask's MALLOC_TRIM_THRESHOLD_ setting.
-    product = np.empty((k, n), dtype=A.dtype)
     if initial_loss:
-        A0 = np.zeros((k, n), dtype=W.dtype)
+        A0 = ProductSum(k, n, W.dtype)
         B0 = np.zeros((k, k), dtype=W.dtype)
     r0 = 0.0
-    row_bytes = _row_bytes(V)
-    residual_buf = None
-    if residual:
-        residual_buf = np.empty((min(_sub_step(row_bytes), V.shape[0]), n), np.result_type(W, H))
-    for rows in _sub_blocks(V.shape[0], row_bytes):
+    step = min(_sub_step(_row_bytes(V), partial_bytes=_partial_bytes(H)), max(1, V.shape[0]))
+    tile = _tile_cols(step, n, np.result_type(W, H).itemsize)
+    residual_buf = np.empty(step * tile, np.result_type(W, H)) if residual else None
+    HT = np.ascontiguousarray(H.T) if sp.issparse(V) else H.T
+    for rows in _slices(V.shape[0], step):
         Vs, Ws = V[rows], W[rows]
-        if residual:  # while Vs is in cache
-            r0 += _residual_sumsq(Vs, Ws, H, residual_buf[: Ws.shape[0]])
-        Wn = frobenius_w_update(Vs, Ws, H, HHt, l1, l2)
+        if residual:  # while Vs is in cache (a tile of it, on a wide V)
+            r0 += residual_tiles(Vs, Ws, H, tile, residual_buf)
+        Wn = _frobenius_w(Ws, Vs @ HT, HHt, l1, l2)
         W_new[rows] = Wn
-        A += _product(Wn.T, Vs, product)
+        sums.add(Wn, Vs)
         B += Wn.T @ Wn
         if initial_loss:
-            A0 += _product(Ws.T, Vs, product)
+            A0.add(Ws, Vs)
             B0 += Ws.T @ Ws
-    partials = {"A": A, "B": B, **_w_terms(W_new, W)}
+    partials = {"A": sums.total(), "B": B, **_w_terms(W_new, W)}
     if initial_loss:
-        partials.update(A0=A0, B0=B0)
+        partials.update(A0=A0.total(), B0=B0)
     if residual:
         partials["r0"] = r0
     return W_new, partials
@@ -254,18 +302,51 @@ def _residual_sumsq(V, W: np.ndarray, H: np.ndarray, out: np.ndarray | None = No
         R[rows, V.indices] -= V.data
     else:
         np.subtract(R, V, out=R)
+    return _sumsq(R)
+
+
+def _sumsq(R: np.ndarray) -> float:
+    """The sum of squares of a contiguous array, in float64."""
     flat = R.ravel()
     if flat.dtype != np.float64:
         return float(np.dot(flat.astype(np.float64), flat.astype(np.float64)))
     return float(np.dot(flat, flat))
 
 
+def residual_tiles(Vs, Ws: np.ndarray, H: np.ndarray, tile: int, buf: np.ndarray) -> float:
+    """``||Vs - Ws H||^2`` of a sub-block, a column tile at a time, each tile's
+    ``Ws H`` formed in ``buf`` (a flat buffer of at least rows x tile)."""
+    n = H.shape[1]
+    if tile >= n:
+        return _residual_sumsq(Vs, Ws, H, _buffer(buf, Ws.shape[0], n))
+    if sp.issparse(Vs):  # by columns: a tile's entries are one slice of CSC
+        Vs = Vs.tocsc()
+        Vs.sum_duplicates()
+    total = 0.0
+    for cols in _slices(n, tile):
+        width = cols.stop - cols.start
+        R = np.matmul(Ws, H[:, cols], out=_buffer(buf, Ws.shape[0], width))
+        if sp.issparse(Vs):
+            ptr = Vs.indptr[cols.start : cols.stop + 1]
+            at = np.repeat(np.arange(width), np.diff(ptr))
+            R[Vs.indices[ptr[0] : ptr[-1]], at] -= Vs.data[ptr[0] : ptr[-1]]
+        else:
+            np.subtract(R, Vs[:, cols], out=R)
+        total += _sumsq(R)
+    return total
+
+
 def residual_sumsq(V, W: np.ndarray, H: np.ndarray) -> float:
     """``||V - W H||^2`` of one block, computed directly, sub-block by sub-block."""
     V = as_block(V)
+    n = H.shape[1]
+    step = _sub_step(_row_bytes(V), partial_bytes=_partial_bytes(H))
+    step = min(step, max(1, V.shape[0]))
+    tile = _tile_cols(step, n, np.result_type(W, H).itemsize)
+    buf = np.empty(step * tile, np.result_type(W, H))
     total = 0.0
-    for rows in _sub_blocks(V.shape[0], max(_row_bytes(V), H.shape[1] * H.dtype.itemsize)):
-        total += _residual_sumsq(V[rows], W[rows], H)
+    for rows in _slices(V.shape[0], step):
+        total += residual_tiles(V[rows], W[rows], H, tile, buf)
     return total
 
 
@@ -291,28 +372,46 @@ def kl_block_step(
     k, n = H.shape
     H_sum = H.sum(axis=1)
     W_new = np.empty_like(W)
-    A = np.zeros((k, n), dtype=W.dtype)
-    product = np.empty((k, n), dtype=A.dtype)
+    sums = ProductSum(k, n, W.dtype)
     vlogr = v_sum = 0.0
-    row_bytes = _row_bytes(V, k)
+    step = _sub_step(_row_bytes(V, k), partial_bytes=_partial_bytes(H))
+    step = min(step, max(1, V.shape[0]))
+    dtype = np.result_type(W, H)
+    tile = n if sp.issparse(V) else _tile_cols(step, n, dtype.itemsize)
+    HT = np.ascontiguousarray(H.T) if sp.issparse(V) else None
+    # Two tile buffers, reused (a fresh array per tile would be page faults).
     ratio_buf = log_buf = None
-    if not sp.issparse(V):  # two sub-block buffers, reused
-        step = min(_sub_step(row_bytes), V.shape[0])
-        dtype = np.result_type(W, H)
-        ratio_buf, log_buf = np.empty((step, n), dtype), np.empty((step, n), dtype)
-    for rows in _sub_blocks(V.shape[0], row_bytes):
+    if not sp.issparse(V):
+        ratio_buf, log_buf = np.empty(step * tile, dtype), np.empty(step * tile, dtype)
+    for rows in _slices(V.shape[0], step):
         Vs, Ws = V[rows], W[rows]
         size = Ws.shape[0]
-        ratio = _kl_ratio(Vs, Ws, H, out=None if ratio_buf is None else ratio_buf[:size])
+        numerator = None
+        # The W update's V / WH tile by tile (all columns at once on a tall V).
+        for cols in _slices(n, tile):
+            Vc, Hc = Vs[:, cols], H[:, cols]
+            out = None if ratio_buf is None else _buffer(ratio_buf, size, Vc.shape[1])
+            ratio = _kl_ratio(Vc, Ws, Hc, out=out, HT=HT)
+            if with_loss:
+                logs = None if log_buf is None else _buffer(log_buf, size, Vc.shape[1])
+                vlogr += _vlogr(Vc, ratio, out=logs)
+            part = ratio @ (HT if HT is not None else Hc.T)
+            if numerator is None:
+                numerator = part
+            else:
+                numerator += part
         if with_loss:
-            vlogr += _vlogr(Vs, ratio, out=None if log_buf is None else log_buf[:size])
             # V's sum as read now: the loss is then that of the V this pass saw
             # (a chunk lost since the validation pass shows as a rise).
             v_sum += float(Vs.sum(dtype=np.float64))
-        Wn = kl_w_update(Vs, Ws, H, H_sum, l1, l2, ratio=ratio)
+        Wn = _kl_w(Ws, numerator, H_sum, l1, l2)
         W_new[rows] = Wn
-        A += _product(Wn.T, _kl_ratio(Vs, Wn, H, out=ratio), product)
-    partials = {"A": A, **_w_terms(W_new, W if with_loss else None)}
+        # ... and the H update's W'^T (V / W'H), tile by tile again.
+        for cols in _slices(n, tile):
+            Vc, Hc = Vs[:, cols], H[:, cols]
+            out = None if ratio_buf is None else _buffer(ratio_buf, size, Vc.shape[1])
+            sums.add(Wn, _kl_ratio(Vc, Wn, Hc, out=out, HT=HT), None if tile >= n else cols)
+    partials = {"A": sums.total(), **_w_terms(W_new, W if with_loss else None)}
     if with_loss:
         partials.update(vlogr=vlogr, v_sum=v_sum)
     return W_new, partials
@@ -322,8 +421,15 @@ def kl_loss_terms(V: np.ndarray, W: np.ndarray, H: np.ndarray) -> dict:
     """The per-block terms of D(V || WH) (see :func:`kl_divergence`)."""
     V = as_block(V)
     vlogr = 0.0
-    for rows in _sub_blocks(V.shape[0], _row_bytes(V, H.shape[0])):
-        vlogr += _vlogr(V[rows], _kl_ratio(V[rows], W[rows], H))
+    n = H.shape[1]
+    step = min(
+        _sub_step(_row_bytes(V, H.shape[0]), partial_bytes=_partial_bytes(H)), max(1, V.shape[0])
+    )
+    tile = n if sp.issparse(V) else _tile_cols(step, n, np.result_type(W, H).itemsize)
+    for rows in _slices(V.shape[0], step):
+        for cols in _slices(n, tile):
+            Vc = V[rows][:, cols] if tile < n else V[rows]
+            vlogr += _vlogr(Vc, _kl_ratio(Vc, W[rows], H[:, cols]))
     return {"vlogr": vlogr, "w0_sum": W.sum(axis=0, dtype=np.float64)}
 
 
@@ -344,8 +450,12 @@ def frobenius_h_update(
     if l1 > 0:
         denominator += l1
     if l2 > 0:
-        denominator = denominator + l2 * H
-    return H * _safe_ratio(A.copy(), denominator)
+        denominator += l2 * H
+    # In place in the one k x n array made here: H * (A / denominator).
+    denominator[denominator == 0] = EPSILON
+    np.divide(A, denominator, out=denominator)
+    denominator *= H
+    return denominator
 
 
 def kl_h_update(
@@ -356,12 +466,13 @@ def kl_h_update(
     ``A = W^T (V / WH)``; ``w_sum`` the column sums of W.
     """
     w_sum = np.where(w_sum == 0, 1.0, w_sum).astype(H.dtype)
-    denominator = np.broadcast_to(w_sum[:, None], H.shape).copy()
-    if l1 > 0:
-        denominator += l1
+    # Without l2, one value per row of H: no k x n denominator.
+    denominator = w_sum[:, None] + l1 if l1 > 0 else w_sum[:, None]
     if l2 > 0:
-        denominator += l2 * H
-    H_new = H * _safe_ratio(A.copy(), denominator)
+        denominator = denominator + l2 * H
+    denominator[denominator == 0] = EPSILON
+    H_new = np.divide(A, denominator)
+    H_new *= H
     H_new[H_new < H_FLOOR] = 0.0
     return H_new
 
@@ -389,74 +500,3 @@ def kl_divergence(v_sum: float, vlogr: float, w_sum: np.ndarray, H: np.ndarray) 
     """
     wh_sum = float(np.dot(np.asarray(w_sum, np.float64), H.sum(axis=1, dtype=np.float64)))
     return max(vlogr - v_sum + wh_sum, 0.0)
-
-
-def block_stats(V) -> dict:
-    """Statistics of one block for validation and set-up, in one read.
-
-    ``min``, ``max`` (of the finite values), ``finite`` (all finite), ``sum`` and
-    ``sumsq`` (float64).  For a sparse block they come from the stored values
-    (and the implicit zeros).
-    """
-    V = as_block(V)
-    if V.shape[0] * V.shape[1] == 0:
-        return {"min": np.inf, "max": -np.inf, "finite": True, "sum": 0.0, "sumsq": 0.0}
-    values = V.data if sp.issparse(V) else V
-    finite = bool(np.isfinite(values).all())
-    if values.size == 0:
-        vmin = vmax = 0.0
-    elif finite:
-        vmin, vmax = float(values.min()), float(values.max())
-    else:
-        vmin = float(np.nanmin(np.where(np.isfinite(values), values, np.inf)))
-        vmax = float(np.nanmax(np.where(np.isfinite(values), values, -np.inf)))
-    if sp.issparse(V) and V.nnz < V.shape[0] * V.shape[1]:
-        vmin, vmax = min(vmin, 0.0), max(vmax, 0.0)
-    v64 = values.astype(np.float64, copy=False).ravel()
-    with np.errstate(over="ignore"):  # an inf sum of squares is reported, not warned of
-        sumsq = float(np.dot(v64, v64)) if finite else np.nan
-    return {
-        "min": vmin,
-        "max": vmax,
-        "finite": finite,
-        "sum": float(v64.sum()),
-        "sumsq": sumsq,
-    }
-
-
-#: Additive statistics of the observed entries (:func:`dask_nmf.kernels_masked.block_stats`).
-_MASKED_STATS = ("observed", "size", "col_sum", "col_count")
-
-
-def merge_stats(a: dict, b: dict) -> dict:
-    """Combine two :func:`block_stats` results."""
-    out = {
-        "min": min(a["min"], b["min"]),
-        "max": max(a.get("max", np.nan), b.get("max", np.nan)),
-        "finite": a["finite"] and b["finite"],
-        "sum": a["sum"] + b["sum"],
-        "sumsq": a["sumsq"] + b["sumsq"],
-    }
-    out.update({key: a[key] + b[key] for key in _MASKED_STATS if key in a})
-    return out
-
-
-def add_partials(a: dict, b: dict) -> dict:
-    """Sum two partial-sum dictionaries key by key."""
-    return {key: a[key] + b[key] for key in a}
-
-
-def sum_partials(parts: list[dict]) -> dict:
-    """:func:`add_partials` over a list (one node of a reduction tree)."""
-    out = parts[0]
-    for p in parts[1:]:
-        out = add_partials(out, p)
-    return out
-
-
-def merge_all_stats(parts: list[dict]) -> dict:
-    """:func:`merge_stats` over a list (one node of a reduction tree)."""
-    out = parts[0]
-    for p in parts[1:]:
-        out = merge_stats(out, p)
-    return out

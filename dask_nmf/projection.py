@@ -113,7 +113,7 @@ def transform(
     )
     V, masked = masked_input(V, options.missing, split_missing(missing)[1], storage_options, array)
     runner = Runner(resolve_client(client))
-    Vin = reading.open(V, runner, **({"array": None} if masked else {}))
+    Vin = reading.open(V, runner, n_components=k, **({"array": None} if masked else {}))
     check_features(Vin.labels, H_labelled)
     if Vin.shape[1] != n:
         raise InputError(f"V has {Vin.shape[1]} columns but the model has {n} features")

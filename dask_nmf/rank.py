@@ -247,18 +247,18 @@ def select_rank(
     reading = ReadOptions(
         block_rows=block_rows, array=array, dtype=dtype, storage_options=storage_options
     )
-    Vin = reading.open(V, runner)
+    K = sum(ks) * n_restarts  # W's columns: every candidate side by side
+    Vin = reading.open(V, runner, n_components=K)
     if Vin.sparse:
         raise InputError("select_rank takes dense V (the held-out mask would densify CSR blocks)")
     m, n = Vin.shape
     if max(ks) > min(m, n):
         raise InputError(f"ranks up to {max(ks)} exceed min(m, n) = {min(m, n)} of V {m} x {n}")
-    K = sum(ks) * n_restarts
     if block_rows is None and K > 0:
         # Each row also holds K numbers of W (and as many of its update).
         rows = max(1, Vin.block_rows * n // (n + 2 * K))
         if rows < Vin.block_rows:
-            Vin = reading.open(V, runner, rows)
+            Vin = reading.open(V, runner, rows, n_components=K)
     # V's blocks as the fits read them: held-out entries marked in each block's
     # task (a NumPy V is scattered once first; a store is read in that task).
     sources = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -407,3 +408,44 @@ def test_direct_decoding_through_an_async_store(tmp_path, V_small):
     assert reader.direct is not None
     for a, b in BLOCKS:
         np.testing.assert_array_equal(read_rows_into(reader, a, b), V_small[a:b])
+
+
+# --------------------------------------------------------------------------
+# Default row blocks of a wide V: the k x n partial sums counted
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "m, n, in_memory, expected",
+    [
+        (12_500, 2_000, True, 3_125),  # tall: two blocks per thread, as without k
+        (1_000, 25_000, True, 250),  # 250 rows >= 4 k: still two per thread
+        (250, 100_000, True, 125),  # two per thread would be 63 rows < 4 k: one each
+        (500, 200_000, True, 125),  # ... above array.chunk-size (83 rows) in memory
+        (500, 200_000, False, 63),  # read from a store: the byte cap holds
+    ],
+)
+def test_default_block_rows_counts_the_partial(m, n, in_memory, expected):
+    from dask_nmf.io import default_block_rows
+    from dask_nmf.kernels import PARTIAL_REUSE
+
+    k = 32
+    with dask.config.set({"array.chunk-size": "128MiB"}):
+        rows = default_block_rows(
+            m, n, np.float64, parallelism=2, n_components=k, in_memory=in_memory
+        )
+        plain = default_block_rows(m, n, np.float64, parallelism=2)
+    assert rows == expected
+    if plain >= PARTIAL_REUSE * k:
+        assert rows == plain  # blocks already hold their partial: planned as before
+    elif in_memory:
+        assert rows > plain  # fewer, larger blocks
+    else:
+        assert rows * n * 8 <= 128 * 2**20  # the byte cap holds
+
+
+def test_wide_fit_uses_fewer_larger_blocks():
+    V = np.random.default_rng(0).random((40, 5_000))
+    with dask.config.set({"array.chunk-size": "1MiB", "num_workers": 2}):
+        res = dask_nmf.factorize(V, 8, init="random", max_iter=2)
+        plain = dask_nmf.io.default_block_rows(40, 5_000, np.float64, parallelism=2)
+    assert plain == 10  # two per thread
+    assert res.params["block_rows"] == 20  # 10 rows < 4 k = 32: one block per thread

@@ -130,3 +130,80 @@ def test_block_stats():
     neg = V.copy()
     neg[0, 1] = -0.5
     assert kernels.block_stats(neg)["min"] == -0.5
+
+
+# --------------------------------------------------------------------------
+# Wide V: sub-blocks sized by the k x n partial, element-wise work in column tiles
+# --------------------------------------------------------------------------
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Cache budget and tile floor small enough that a 37 x 1001 V is "wide":
+    sub-blocks of a few rows (sized by the partial) and ~20-column tiles."""
+    monkeypatch.setattr(kernels, "SUB_BLOCK_BYTES", 2000)
+    monkeypatch.setattr(kernels, "MIN_TILE_COLS", 16)
+
+
+def wide_case(rng, sparse):
+    import scipy.sparse as sp
+
+    V = make_low_rank(rng, 37, 1001, 3)
+    if sparse:
+        V[rng.random(V.shape) < 0.9] = 0.0
+        V = sp.csr_matrix(V)
+    W, H = rng.random((37, 3)), rng.random((3, 1001))
+    return V, W, H
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("beta", BETAS)
+@pytest.mark.parametrize("reg", REGS)
+def test_tiled_kernels_match_reference_on_a_wide_v(rng, small_tiles, beta, reg, sparse):
+    V, W, H = wide_case(rng, sparse)
+    rows = kernels._sub_step(kernels._row_bytes(V), partial_bytes=kernels._partial_bytes(H))
+    if not sparse:  # several sub-blocks (a sparse V's rows are cheap: one) ...
+        assert 1 < rows < 37
+    assert kernels._tile_cols(min(rows, 37), 1001, 8) < 1001  # ... in several column tiles
+    dense = V.toarray() if sparse else V
+    W_ref, H_ref, _ = reference_mu(dense, W, H, beta, 1, *reg)
+    W_new, H_new, _ = run_blocks(V, W, H, beta, [(0, 20), (20, 37)], reg)
+    np.testing.assert_allclose(W_new, W_ref, rtol=1e-12)
+    np.testing.assert_allclose(H_new, H_ref, rtol=1e-11, atol=1e-300)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_tiled_loss_terms_match_reference_on_a_wide_v(rng, small_tiles, sparse):
+    V, W, H = wide_case(rng, sparse)
+    dense = V.toarray() if sparse else V
+    r0 = kernels.frobenius_block_step(V, W, H, H @ H.T, residual=True)[1]["r0"]
+    assert 0.5 * r0 == pytest.approx(reference_loss(dense, W, H, 2), rel=1e-12)
+    assert 0.5 * kernels.residual_sumsq(V, W, H) == pytest.approx(0.5 * r0, rel=1e-12)
+    v_sum = float(dense.sum())
+    for parts in (kernels.kl_loss_terms(V, W, H), kernels.kl_block_step(V, W, H)[1]):
+        loss = kernels.kl_divergence(v_sum, parts["vlogr"], parts["w0_sum"], H)
+        assert loss == pytest.approx(reference_loss(dense, W, H, 1), rel=1e-12)
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_wide_sub_blocks_hold_the_partial_and_tiles_the_cache(rng, beta, monkeypatch):
+    """With the default budget, a wide block is one sub-block (not one per few
+    rows), and its tiles of V / WH stay within SUB_BLOCK_BYTES."""
+    m, n, k = 40, 30_000, 32
+    V, W, H = rng.random((m, n)), rng.random((m, k)), rng.random((k, n))
+    rows = kernels._sub_step(kernels._row_bytes(V), partial_bytes=kernels._partial_bytes(H))
+    assert rows >= kernels.PARTIAL_REUSE * k  # the old rule gave 4 MiB / 240 kB = 17 rows
+    tile = kernels._tile_cols(min(rows, m), n, 8)
+    assert tile < n and min(rows, m) * tile * 8 <= kernels.SUB_BLOCK_BYTES
+    shapes = []
+    real = kernels._kl_ratio
+
+    def spy(V, W, H, out=None, HT=None):
+        shapes.append(V.shape)
+        return real(V, W, H, out=out, HT=HT)
+
+    monkeypatch.setattr(kernels, "_kl_ratio", spy)
+    W_ref, H_ref, _ = reference_mu(V, W, H, beta, 1)
+    W_new, H_new, _ = run_blocks(V, W, H, beta, [(0, m)])
+    np.testing.assert_allclose(W_new, W_ref, rtol=1e-12)
+    np.testing.assert_allclose(H_new, H_ref, rtol=1e-11)
+    if beta == 1:
+        assert {s[0] for s in shapes} == {m} and max(s[1] for s in shapes) == tile

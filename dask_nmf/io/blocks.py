@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 from dask.utils import parse_bytes
 
+from ..kernels import PARTIAL_REUSE
 from .csr import _csr_rows
 from .matrix import InputError, InputMatrix
 
@@ -29,6 +30,8 @@ def default_block_rows(
     parallelism: int = 1,
     row_bytes: int | None = None,
     block_bytes: int | None = None,
+    n_components: int | None = None,
+    in_memory: bool = False,
 ) -> int:
     """Rows per block: at most dask's ``array.chunk-size``, at least two blocks
     per worker thread where V has the rows, and as large as an even share of
@@ -43,17 +46,29 @@ def default_block_rows(
     thread, so no stored chunk is split between two blocks (and decompressed
     twice).  ``block_bytes``: the most a block may hold (default: dask's
     ``array.chunk-size``).
+
+    ``n_components`` (k) counts each block's k x n partial sums: every block
+    emits and adds them whatever its rows, so on a wide V a block should hold
+    at least ``PARTIAL_REUSE`` times their bytes.  Where two blocks per
+    thread would be thinner than that, each thread gets one; V in memory
+    (``in_memory``: its blocks are views, or spread over the workers anyway)
+    may exceed ``block_bytes`` to get there.
     """
     target = block_bytes or parse_bytes(dask.config.get("array.chunk-size"))
     if row_bytes is None:
         row_bytes = n_cols * np.dtype(dtype).itemsize
     threads = max(1, parallelism)
     cap = max(1, target // max(1, row_bytes))
+    partial = (n_components or 0) * n_cols * np.dtype(dtype).itemsize
+    min_rows = max(1, -(-PARTIAL_REUSE * partial // max(1, row_bytes)))
+    if in_memory:
+        cap = max(cap, min(min_rows, n_rows))
     unit = 1
     if row_chunk and row_chunk <= cap and -(-n_rows // row_chunk) >= 2 * threads:
         unit = row_chunk
     units = -(-n_rows // unit)
-    largest = max(1, min(cap // unit, -(-units // (2 * threads))))
+    per_thread = 2 if -(-units // (2 * threads)) * unit >= min_rows else 1
+    largest = max(1, min(cap // unit, -(-units // (per_thread * threads))))
 
     def busiest(size: int) -> int:
         """Units of the busiest thread when blocks of ``size`` go to the threads in turn."""

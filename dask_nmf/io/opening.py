@@ -106,6 +106,7 @@ def open_input(
     sample_dims: Any = None,
     feature_dims: Any = None,
     block_bytes: Callable[[bool], int] | None = None,
+    n_components: int | None = None,
 ) -> InputMatrix:
     """Turn V into an :class:`InputMatrix` (no values are read here).
 
@@ -132,6 +133,9 @@ def open_input(
         ``block_bytes(whole_blocks)``: the most bytes a block may hold, given
         whether V is a lazy input other than a dense zarr store (the NNDSVD's
         SVD reads those in whole blocks).  Default: dask's ``array.chunk-size``.
+    n_components : int, optional
+        k, where known: the default ``block_rows`` counts the blocks' k x n
+        partial sums (fewer, larger blocks on a wide V).
     """
     source: dict = {"kind": type(V).__name__}
     labels = None
@@ -167,7 +171,9 @@ def open_input(
     elif not isinstance(V, np.ndarray):
         if hasattr(V, "to_scipy_sparse"):  # pydata sparse in memory
             V = V.to_scipy_sparse().tocsr()
-            return open_input(V, block_rows, dtype=dtype, parallelism=parallelism)
+            return open_input(
+                V, block_rows, dtype=dtype, parallelism=parallelism, n_components=n_components
+            )
         try:
             V = np.asarray(V)
         except Exception as exc:
@@ -216,7 +222,7 @@ def open_input(
         limit = block_bytes(whole_blocks)
     if block_rows is None:
         block_rows = default_block_rows(
-            m, n, compute_dtype, row_chunk, parallelism, row_bytes, limit
+            m, n, compute_dtype, row_chunk, parallelism, row_bytes, limit, n_components, in_memory
         )
     elif not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
         raise InputError(f"block_rows must be a positive integer; got {block_rows!r}")

@@ -231,35 +231,33 @@ class CoordinateDescent(FrobeniusMU):
         k, n = H.shape
         order = self._order(2 * t, k)  # this iteration's W sweep
         W_new = np.empty_like(W)
-        A = np.zeros((k, n), dtype=W.dtype)
+        A = kernels.ProductSum(k, n, W.dtype)
         B = np.zeros((k, k), dtype=W.dtype)
-        product = np.empty((k, n), dtype=A.dtype)
         violation, r0 = 0.0, 0.0
-        row_bytes = kernels._row_bytes(V)
         nnz = V.nnz if sp.issparse(V) else V.shape[0] * n
         limit = 1
         if self.accelerate:  # ρ_W of this block, as for accelerated MU
             rho = 1.0 + (nnz + n * k) / (max(V.shape[0], 1) * (k + 1))
             limit = inner_updates(rho, ACCEL_ALPHA_HALS)
-        residual_buf = None
-        if direct:
-            rows_max = min(kernels._sub_step(row_bytes), V.shape[0])
-            residual_buf = np.empty((rows_max, n), np.result_type(W, H))
         # Sub-blocks of rows, as the MU kernel does: the sweep is row-local, and
         # W'ᵀV of a sub-block is formed while that part of V is in cache.
-        for rows in kernels._sub_blocks(V.shape[0], row_bytes):
+        step = kernels._sub_step(kernels._row_bytes(V), partial_bytes=kernels._partial_bytes(H))
+        step = min(step, max(1, V.shape[0]))
+        tile = kernels._tile_cols(step, n, np.result_type(W, H).itemsize)
+        residual_buf = np.empty(step * tile, np.result_type(W, H)) if direct else None
+        for rows in kernels._slices(V.shape[0], step):
             Vs = V[rows]
             if direct:
-                r0 += kernels._residual_sumsq(Vs, W[rows], H, residual_buf[: Vs.shape[0]])
+                r0 += kernels.residual_tiles(Vs, W[rows], H, tile, residual_buf)
             Wt = np.ascontiguousarray(W[rows].T)
             XHt_t = np.ascontiguousarray((Vs @ H.T).T)
             if self.reg.l1_W != 0:
                 XHt_t -= self.reg.l1_W
             violation += sweeps(Wt, HHt, XHt_t, order, limit)
             W_new[rows] = Wt.T
-            A += kernels._product(Wt, Vs, product)
+            A.add(Wt.T, Vs)
             B += Wt @ Wt.T
-        partials = {"A": A, "B": B, **kernels._w_terms(W_new, W), "violation": violation}
+        partials = {"A": A.total(), "B": B, **kernels._w_terms(W_new, W), "violation": violation}
         if self.accelerate:
             partials.update(rows=V.shape[0], nnz=nnz)
         if direct:

@@ -220,7 +220,8 @@ class BetaDivergenceMU(Solver):
         terms: dict = {}
         # Four m_s x n temporaries per sub-block (Λ, its two powers, V ∘ Λ^(β-2)).
         row_bytes = max(kernels._row_bytes(V), n * W.dtype.itemsize)
-        for rows in kernels._sub_blocks(V.shape[0], 4 * row_bytes):
+        partial = kernels._partial_bytes(H)
+        for rows in kernels._sub_blocks(V.shape[0], 4 * row_bytes, partial_bytes=partial):
             Vs = V[rows]
             Wn, sub_terms = w_update(
                 Vs, W[rows], H, self.beta, self.reg.l1_W, self.reg.l2_W, with_loss

@@ -193,23 +193,28 @@ def accelerated_block_step(
     # ρ_W of this block: (computing V Hᵀ and H Hᵀ) / (one update from them).
     limit = inner_updates(1.0 + (nnz + n * k) / (max(m, 1) * (k + 1)), alpha)
     W_new = np.empty_like(W)
-    A = np.zeros((k, n), dtype=W.dtype)
+    A = kernels.ProductSum(k, n, W.dtype)
     B = np.zeros((k, k), dtype=W.dtype)
     r0 = 0.0
-    for rows in kernels._sub_blocks(m, kernels._row_bytes(V)):
+    sub = kernels._sub_step(kernels._row_bytes(V), partial_bytes=kernels._partial_bytes(H))
+    sub = min(sub, max(1, m))
+    tile = kernels._tile_cols(sub, n, np.result_type(W, H).itemsize)
+    residual_buf = np.empty(sub * tile, np.result_type(W, H)) if residual else None
+    HT = np.ascontiguousarray(H.T) if sp.issparse(V) else H.T
+    for rows in kernels._slices(m, sub):
         Vs, Ws = V[rows], W[rows]
-        if residual:  # while Vs is in cache
-            r0 += kernels._residual_sumsq(Vs, Ws, H)
-        VHt = Vs @ H.T
+        if residual:  # while Vs is in cache (a tile of it, on a wide V)
+            r0 += kernels.residual_tiles(Vs, Ws, H, tile, residual_buf)
+        VHt = Vs @ HT
 
         def step(W: np.ndarray, Vs=Vs, VHt=VHt) -> np.ndarray:
             return kernels.frobenius_w_update(Vs, W, H, HHt, l1, l2, VHt=VHt)
 
         Ws = repeat_until_settled(step, Ws, limit, delta)
         W_new[rows] = Ws
-        A += Ws.T @ Vs
+        A.add(Ws, Vs)
         B += Ws.T @ Ws
-    partials = {"A": A, "B": B, **kernels._w_terms(W_new, W), "rows": m, "nnz": nnz}
+    partials = {"A": A.total(), "B": B, **kernels._w_terms(W_new, W), "rows": m, "nnz": nnz}
     if residual:
         partials["r0"] = r0
     return W_new, partials
