@@ -159,19 +159,23 @@ class AlternatingNNLS(FrobeniusMU):
         V = kernels.as_block(V)
         k, n = H.shape
         W_new = np.empty_like(W)
-        A = np.zeros((k, n), dtype=W.dtype)
+        A = kernels.ProductSum(k, n, W.dtype)
         B = np.zeros((k, k), dtype=W.dtype)
-        product = np.empty((k, n), dtype=A.dtype)
         r0 = 0.0
-        for rows in kernels._sub_blocks(V.shape[0], kernels._row_bytes(V)):
+        # Sub-blocks of rows sized as the MU kernel's (the k x n partial counted).
+        step = kernels._sub_step(kernels._row_bytes(V), partial_bytes=kernels._partial_bytes(H))
+        step = min(step, max(1, V.shape[0]))
+        tile = kernels._tile_cols(step, n, np.result_type(W, H).itemsize)
+        residual_buf = np.empty(step * tile, np.result_type(W, H)) if direct else None
+        for rows in kernels._slices(V.shape[0], step):
             Vs = V[rows]
             if direct:
-                r0 += kernels._residual_sumsq(Vs, W[rows], H)
+                r0 += kernels.residual_tiles(Vs, W[rows], H, tile, residual_buf)
             Ws = self._w_rows(Vs, W[rows], H, G)
             W_new[rows] = Ws
-            A += kernels._product(np.ascontiguousarray(Ws.T), Vs, product)
+            A.add(Ws, Vs)
             B += Ws.T @ Ws
-        partials = {"A": A, "B": B, **kernels._w_terms(W_new, W)}
+        partials = {"A": A.total(), "B": B, **kernels._w_terms(W_new, W)}
         if direct:
             partials["r0"] = r0
         return W_new, partials
