@@ -230,7 +230,6 @@ def frobenius_block_step(
     HHt: np.ndarray,
     l1: float = 0.0,
     l2: float = 0.0,
-    initial_loss: bool = False,
     residual: bool = False,
 ) -> tuple[np.ndarray, dict]:
     """Update a W block and emit the Frobenius partial sums of the H update.
@@ -238,9 +237,7 @@ def frobenius_block_step(
     Returns ``(W', partials)`` with ``partials["A"] = W'^T V`` (k x n) and
     ``partials["B"] = W'^T W'`` (k x k), and the column sums and sums of squares
     of W' and of the incoming W (``"w_sum"``, ``"w_sq"``, ``"w0_sum"``,
-    ``"w0_sq"``: the regularization terms of the cost).  With ``initial_loss``
-    the sums ``W^T V`` and ``W^T W`` of the *incoming* W (``"A0"``, ``"B0"``) are
-    added.  With ``residual``, ``"r0" = ||V - W H||^2`` of the incoming state is
+    ``"w0_sq"``: the regularization terms of the cost).  With ``residual``, ``"r0" = ||V - W H||^2`` of the incoming state is
     computed directly (one more m_i x n x k product): near an exact fit the
     expansion ``||V||^2 - 2 <A, H> + <B, H H^T>`` cancels to rounding noise.
     """
@@ -249,9 +246,6 @@ def frobenius_block_step(
     W_new = np.empty_like(W)
     sums = ProductSum(k, n, W.dtype)
     B = np.zeros((k, k), dtype=W.dtype)
-    if initial_loss:
-        A0 = ProductSum(k, n, W.dtype)
-        B0 = np.zeros((k, k), dtype=W.dtype)
     r0 = 0.0
     step = min(_sub_step(_row_bytes(V), partial_bytes=_partial_bytes(H)), max(1, V.shape[0]))
     tile = _tile_cols(step, n, np.result_type(W, H).itemsize)
@@ -265,12 +259,7 @@ def frobenius_block_step(
         W_new[rows] = Wn
         sums.add(Wn, Vs)
         B += Wn.T @ Wn
-        if initial_loss:
-            A0.add(Ws, Vs)
-            B0 += Ws.T @ Ws
     partials = {"A": sums.total(), "B": B, **_w_terms(W_new, W)}
-    if initial_loss:
-        partials.update(A0=A0.total(), B0=B0)
     if residual:
         partials["r0"] = r0
     return W_new, partials
@@ -431,12 +420,6 @@ def kl_loss_terms(V: np.ndarray, W: np.ndarray, H: np.ndarray) -> dict:
             Vc = V[rows][:, cols] if tile < n else V[rows]
             vlogr += _vlogr(Vc, _kl_ratio(Vc, W[rows], H[:, cols]))
     return {"vlogr": vlogr, "w0_sum": W.sum(axis=0, dtype=np.float64)}
-
-
-def frobenius_loss_terms(V: np.ndarray, W: np.ndarray) -> dict:
-    """The per-block sums ``W^T V`` and ``W^T W`` of the Frobenius loss."""
-    V = as_block(V)
-    return {"A0": W.T @ V, "B0": W.T @ W}
 
 
 # --------------------------------------------------------------------------

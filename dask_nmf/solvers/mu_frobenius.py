@@ -74,7 +74,7 @@ class FrobeniusMU(Solver):
                 V, W, H, HHt, self.reg.l1_W, self.reg.l2_W, direct, ACCEL_ALPHA, ACCEL_DELTA
             )
         return kernels.frobenius_block_step(
-            V, W, H, HHt, self.reg.l1_W, self.reg.l2_W, False, direct
+            V, W, H, HHt, self.reg.l1_W, self.reg.l2_W, residual=direct
         )
 
     def next_state(self, state: tuple, sums: dict) -> tuple:
