@@ -137,8 +137,10 @@ def cluster_session(
         client = _connect(scheduler, scheduler_file)
         address = client.scheduler.address
         try:
-            # A lost scheduler: the client logs each failed reconnect with a traceback.
-            stack.enter_context(_quiet_distributed("distributed.client"))
+            # A lost scheduler: the client logs each failed reconnect with a
+            # traceback, and its batched comm the closed connection with another.
+            for name in ("distributed.client", "distributed.batched", "distributed.comm"):
+                stack.enter_context(_quiet_distributed(name))
             if not quiet:
                 click.echo(f"connected to {address} ({len(client.nthreads())} workers)", err=True)
             yield client
