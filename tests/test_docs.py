@@ -189,8 +189,9 @@ def _environment(workdir: Path) -> dict:
 
 
 def _is_slow(block: Block) -> bool:
-    # Shell blocks run commands (clusters, scripts); python blocks that make a Client too.
-    return block.kind == "shell" or "Client" in block.code
+    # Shell blocks run commands (clusters, scripts); python blocks that make a Client
+    # too, or fit many ranks to convergence (select_rank).
+    return block.kind == "shell" or "Client" in block.code or "select_rank(" in block.code
 
 
 def _param(block: Block):

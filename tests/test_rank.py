@@ -177,6 +177,7 @@ def test_bad_options_are_refused_before_any_work(kw, match):
         dask_nmf.select_rank(planted(), **kw)
 
 
+@pytest.mark.slow
 def test_rank_command_and_plot(tmp_path):
     V = planted()
     path = write_zarr(tmp_path / "V.zarr", V, chunks=(60, 60))

@@ -81,7 +81,7 @@ def test_dask_array_of_sparse_chunks(counts, dense_results):
     np.testing.assert_allclose(res.H, dense_results["frobenius"].H, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("fmt", ["coo", "gcxs"])
+@pytest.mark.parametrize("fmt", ["coo", pytest.param("gcxs", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("beta_loss", COSTS)
 def test_dask_array_of_pydata_sparse_chunks(counts, dense_results, fmt, beta_loss):
     """Chunks that are pydata ``sparse`` arrays (COO or GCXS), as ``sparse.asarray`` gives."""
