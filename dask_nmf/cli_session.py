@@ -291,12 +291,21 @@ class Interrupts:
         self.previous = None
         if threading.current_thread() is threading.main_thread():  # (signals go there only)
             self.previous = signal.signal(signal.SIGINT, self._handler)
+        # A Ctrl-C dropped by a finalizer is sent again (below): Python's report
+        # of the dropped one ("Exception ignored in ... Traceback") is not news.
+        self.unraisable = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.taken.set()
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+        sys.unraisablehook = self.unraisable
+
+    def _unraisable(self, info: Any) -> None:
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            self.unraisable(info)
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.taken.is_set():
