@@ -107,6 +107,16 @@ def _partial_bytes(H: np.ndarray) -> int:
     return H.shape[0] * H.shape[1] * H.dtype.itemsize
 
 
+def _mu_step(X: np.ndarray, numerator, denominator: np.ndarray, l1: float, l2: float):
+    """``X * numerator / (denominator + l1 + l2 X)``: one multiplicative step with
+    scikit-learn's penalties and zero guard (both arrays given are overwritten)."""
+    if l1 > 0:
+        denominator += l1
+    if l2 > 0:
+        denominator += l2 * X
+    return X * _safe_ratio(numerator, denominator)
+
+
 def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """``numerator / denominator`` with zero denominators replaced by EPSILON."""
     denominator[denominator == 0] = EPSILON
@@ -138,12 +148,7 @@ def _frobenius_w(
     W: np.ndarray, numerator: np.ndarray, HHt: np.ndarray, l1: float, l2: float
 ) -> np.ndarray:
     """``W * numerator / (W HHt + l1 + l2 W)`` (``numerator`` is overwritten)."""
-    denominator = W @ HHt
-    if l1 > 0:
-        denominator += l1
-    if l2 > 0:
-        denominator += l2 * W
-    return W * _safe_ratio(numerator, denominator)
+    return _mu_step(W, numerator, W @ HHt, l1, l2)
 
 
 def _kl_ratio(V, W: np.ndarray, H: np.ndarray, out: np.ndarray | None = None, HT=None):
@@ -212,12 +217,7 @@ def kl_w_update(
 
 def _kl_w(W: np.ndarray, numerator: np.ndarray, H_sum, l1: float, l2: float) -> np.ndarray:
     """``W * numerator / (1 H^T + l1 + l2 W)`` (``numerator`` is overwritten)."""
-    denominator = np.broadcast_to(H_sum, W.shape).copy()
-    if l1 > 0:
-        denominator += l1
-    if l2 > 0:
-        denominator += l2 * W
-    return W * _safe_ratio(numerator, denominator)
+    return _mu_step(W, numerator, np.broadcast_to(H_sum, W.shape).copy(), l1, l2)
 
 
 # --------------------------------------------------------------------------

@@ -35,8 +35,8 @@ from .kernels import (
     DIRECT_LOSS_BELOW,
     EPSILON,
     H_FLOOR,
+    _mu_step,
     _row_bytes,
-    _safe_ratio,
     _sub_blocks,
     _vlogr,
     _w_terms,
@@ -85,12 +85,7 @@ def frobenius_w_update(
     """One weighted Frobenius MU step for the rows ``W`` (a new array)."""
     V0 = _zeroed(V, M, W.dtype)
     numerator = V0 @ H.T
-    denominator = (M * (W @ H)) @ H.T
-    if l1 > 0:
-        denominator += l1
-    if l2 > 0:
-        denominator += l2 * W
-    return W * _safe_ratio(numerator, denominator)
+    return _mu_step(W, numerator, (M * (W @ H)) @ H.T, l1, l2)
 
 
 def _kl_ratio(V0: np.ndarray, M: np.ndarray, W: np.ndarray, H: np.ndarray):
@@ -111,13 +106,7 @@ def kl_w_update(
 
 
 def _kl_w_from_ratio(ratio, M, W, H, l1, l2):
-    numerator = ratio @ H.T
-    denominator = M.astype(W.dtype) @ H.T
-    if l1 > 0:
-        denominator += l1
-    if l2 > 0:
-        denominator += l2 * W
-    return W * _safe_ratio(numerator, denominator)
+    return _mu_step(W, ratio @ H.T, M.astype(W.dtype) @ H.T, l1, l2)
 
 
 # --------------------------------------------------------------------------
@@ -178,12 +167,7 @@ def _dense_sub_step(Vs, Ms, Ws, H, l1, l2, D):
     np.multiply(WH, Ms, out=WH)
     R = (Vs - WH).ravel()
     r0 = float(np.dot(R, R))
-    denominator = WH @ H.T
-    if l1 > 0:
-        denominator += l1
-    if l2 > 0:
-        denominator += l2 * Ws
-    Wn = Ws * _safe_ratio(Vs @ H.T, denominator)
+    Wn = _mu_step(Ws, Vs @ H.T, WH @ H.T, l1, l2)
     D += Wn.T @ (Ms * (Wn @ H))
     return Wn, r0
 
@@ -258,11 +242,7 @@ class _SparseSums:
             if heavy.size:
                 denominator[heavy] = (Ms[heavy] * (Ws[heavy] @ H)) @ HT
             np.maximum(denominator, 0, out=denominator)  # (a difference: never below 0)
-        if l1 > 0:
-            denominator += l1
-        if l2 > 0:
-            denominator += l2 * Ws
-        Wn = Ws * _safe_ratio(VHt, denominator)
+        Wn = _mu_step(Ws, VHt, denominator, l1, l2)
         self.B += Wn.T @ Wn
         if unobserved:
             S.data = self._sampled(Wn, flat, ri, ci)  # (U∘W'H: the same pattern)
@@ -309,12 +289,7 @@ def frobenius_h_update(
     H: np.ndarray, A: np.ndarray, D: np.ndarray, l1: float = 0.0, l2: float = 0.0
 ) -> np.ndarray:
     """``H' = H ∘ A / (D + l1 + l2 H)`` from the summed ``A`` and ``D``."""
-    denominator = D.copy()
-    if l1 > 0:
-        denominator += l1
-    if l2 > 0:
-        denominator += l2 * H
-    return H * _safe_ratio(A.copy(), denominator)
+    return _mu_step(H, A.copy(), D.copy(), l1, l2)
 
 
 def kl_block_step(
@@ -358,12 +333,7 @@ def kl_h_update(
 ) -> np.ndarray:
     """``H' = H ∘ A / (C + l1 + l2 H)``, then tiny entries set to 0 (as unmasked KL:
     a zero entry of ``C`` counts as 1)."""
-    denominator = np.where(C == 0, 1.0, C).astype(H.dtype)
-    if l1 > 0:
-        denominator += l1
-    if l2 > 0:
-        denominator += l2 * H
-    H_new = H * _safe_ratio(A.copy(), denominator)
+    H_new = _mu_step(H, A.copy(), np.where(C == 0, 1.0, C).astype(H.dtype), l1, l2)
     H_new[H_new < H_FLOOR] = 0.0
     return H_new
 
