@@ -25,6 +25,8 @@ tiles* of the sub-block that do fit, and only the products stream V twice.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -46,6 +48,36 @@ H_FLOOR = float(np.finfo(np.float64).eps)
 #: Bytes of V processed together inside a block; a few MiB keeps a sub-block of
 #: V (and W·H for KL) in the last-level cache while both products use it.
 SUB_BLOCK_BYTES = 4 * 2**20
+
+
+def _cache_per_core(level: int = 3) -> int:
+    """Bytes of the level-``level`` cache per core that shares it, as Linux reports
+    it (0 where it does not)."""
+    try:
+        for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+            if (index / "level").read_text().strip() != str(level):
+                continue
+            size = (index / "size").read_text().strip().upper()
+            scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1:], 1)
+            nbytes = int(size.rstrip("KMG")) * scale
+            shared = (index / "shared_cpu_list").read_text().strip()
+            cores = sum(
+                int(b) - int(a) + 1 if "-" in part else 1
+                for part in shared.split(",")
+                for a, _, b in [part.partition("-")]
+            )
+            return nbytes // max(1, cores)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+#: Bytes of V whose two products (``V Hᵀ`` for the W update, then ``W'ᵀ V``)
+#: are formed together, so that V is still in cache for the second: half of
+#: a core's share of the last-level cache, at least SUB_BLOCK_BYTES.  Where
+#: that share is large, a whole block at once is fastest: the products are
+#: then two large GEMMs (benchmarks/README.md, "Every shape").
+PRODUCT_BLOCK_BYTES = max(SUB_BLOCK_BYTES, _cache_per_core(3) // 2, _cache_per_core(2) // 2)
 
 #: Below this fraction of ||V||^2 an expanded Frobenius loss
 #: ``||V||^2 - 2<V Hᵀ, W> + <WᵀW, H Hᵀ>`` has few digits left (its terms cancel;
@@ -77,6 +109,13 @@ def _sub_step(row_bytes: int, sub_bytes: int | None = None, partial_bytes: int =
     least ``PARTIAL_REUSE * partial_bytes`` (the k x n sums each sub-block adds to)."""
     budget = max(SUB_BLOCK_BYTES if sub_bytes is None else sub_bytes, PARTIAL_REUSE * partial_bytes)
     return max(1, budget // max(row_bytes, 1))
+
+
+def _product_step(V, H: np.ndarray) -> int:
+    """Rows per sub-block of the kernels that form ``V Hᵀ`` and ``W'ᵀ V`` of the
+    same rows (PRODUCT_BLOCK_BYTES of them; at most the block's rows)."""
+    step = _sub_step(_row_bytes(V), PRODUCT_BLOCK_BYTES, _partial_bytes(H))
+    return min(step, max(1, V.shape[0]))
 
 
 def _sub_blocks(n_rows: int, row_bytes: int, sub_bytes: int | None = None, partial_bytes: int = 0):
@@ -247,7 +286,7 @@ def frobenius_block_step(
     sums = ProductSum(k, n, W.dtype)
     B = np.zeros((k, k), dtype=W.dtype)
     r0 = 0.0
-    step = min(_sub_step(_row_bytes(V), partial_bytes=_partial_bytes(H)), max(1, V.shape[0]))
+    step = _product_step(V, H)
     tile = _tile_cols(step, n, np.result_type(W, H).itemsize)
     residual_buf = np.empty(step * tile, np.result_type(W, H)) if residual else None
     HT = np.ascontiguousarray(H.T) if sp.issparse(V) else H.T

@@ -214,8 +214,10 @@ class PassBuilder:
         """
         tag = f"{self.token}-{t}"
         dsk = dict(self.source_graph)
-        if isinstance(state, tuple):  # a computed state (local scheduler): start from its H
-            state, carry = state[0], self.solver.carry(state)
+        if isinstance(state, tuple):  # a computed state (local scheduler): used as it is,
+            # as a cluster uses its handle (start() would recompute H Hᵀ and the like)
+            dsk[f"nmf-state-{tag}"] = (_given, _Given(state))
+            state = f"nmf-state-{tag}"
         if in_memory(state):
             dsk[f"nmf-state-{tag}"] = (self.solver.start, state, first, t, carry)
             state = f"nmf-state-{tag}"
@@ -265,6 +267,19 @@ class Pass:
 
     def handles(self) -> list:
         return [*self.W, self.state, self.losses]
+
+
+class _Given:
+    """A value placed in a graph as it is (a tuple in a graph is read as a task)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
+def _given(box: _Given) -> Any:
+    return box.value
 
 
 def _sum_of_steps(steps: list) -> dict:

@@ -136,14 +136,15 @@ def add_partials(a: dict, b: dict) -> dict:
 def sum_partials(parts: list[dict]) -> dict:
     """:func:`add_partials` over a list (one node of a reduction tree).
 
-    The arrays are summed in place in one copy of the first part's: one new
-    k x n array per node, not one per part (each a fresh mmap's page faults on
-    a wide V).  The parts themselves are task results and stay unchanged.
+    The first two parts' arrays are added into a new one, the others in place
+    into it: one new k x n array per node, not one per part (each a fresh mmap's
+    page faults on a wide V).  The parts themselves are task results and stay
+    unchanged (a task re-run after a lost worker sees them as they were).
     """
     if len(parts) == 1:
         return parts[0]
-    out = {key: v.copy() if isinstance(v, np.ndarray) else v for key, v in parts[0].items()}
-    for p in parts[1:]:
+    out = add_partials(parts[0], parts[1])
+    for p in parts[2:]:
         for key, v in out.items():
             if isinstance(v, np.ndarray):
                 v += p[key]

@@ -93,11 +93,28 @@ def test_permutations_are_those_of_a_random_state():
 # -- the interface, as the engine runs a pass --------------------------------------------------
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def sweep_kind(request, monkeypatch):
+    """Both sweeps: scikit-learn's compiled one (the default) and the NumPy one
+    that stands in where it cannot be imported."""
+    from dask_nmf.solvers import cd
+
+    if request.param == "numpy":
+        monkeypatch.setattr(cd, "_compiled_sweep", None)
+    else:
+        assert cd._compiled_sweep is not None
+    return request.param
+
+
+@pytest.mark.parametrize("sub_rows", [None, 7])
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_passes_are_sklearn_iterations(V_small, start, shuffle):
+def test_passes_are_sklearn_iterations(V_small, start, shuffle, sweep_kind, sub_rows, monkeypatch):
     """n passes through block_step / next_state are n iterations of scikit-learn's
     _fit_coordinate_descent; each report's loss is the direct one, and ``done``
-    comes exactly where scikit-learn stops."""
+    comes exactly where scikit-learn stops.  With either sweep, and with the
+    block's products formed in sub-blocks of 7 rows or all at once."""
+    if sub_rows:
+        monkeypatch.setattr(kernels, "PRODUCT_BLOCK_BYTES", sub_rows * V_small.shape[1] * 8)
     W, H = start
     reg = Regularization(0.3, 0.2, 0.1, 0.4)
     stats = kernels.block_stats(V_small)

@@ -273,10 +273,14 @@ def test_default_block_rows_shares_blocks_evenly(n_rows, chunk, cap_rows, thread
     )  # an even share, give or take a chunk
 
 
-def test_block_rows_default_gives_every_thread_two_blocks(V_small):
+def test_block_rows_default_gives_every_thread_one_block_in_memory(tmp_path, V_small):
     with dask.config.set({"num_workers": 4}):
         res = dask_nmf.factorize(V_small, 3, init="random", max_iter=2)
-    assert res.params["block_rows"] == 20  # ceil(157 / 8)
+        assert res.params["block_rows"] == 40  # ceil(157 / 4)
+        # ... and two where V is read from a store
+        path = write_zarr(tmp_path / "V.zarr", V_small, chunks=(1, 41))
+        res = dask_nmf.factorize(path, 3, init="random", max_iter=2)
+        assert res.params["block_rows"] == 20  # ceil(157 / 8)
 
 
 def test_default_blocks_align_with_store_chunks(tmp_path, V_small):

@@ -416,9 +416,12 @@ def test_direct_decoding_through_an_async_store(tmp_path, V_small):
 @pytest.mark.parametrize(
     "m, n, in_memory, expected",
     [
-        (12_500, 2_000, True, 3_125),  # tall: two blocks per thread, as without k
-        (1_000, 25_000, True, 250),  # 250 rows >= 4 k: still two per thread
-        (250, 100_000, True, 125),  # two per thread would be 63 rows < 4 k: one each
+        (12_500, 2_000, True, 6_250),  # in memory: one block per thread
+        (12_500, 2_000, False, 3_125),  # from a store: two per thread, as without k
+        (1_000, 25_000, False, 250),  # 250 rows >= 4 k: still two per thread
+        (1_000, 25_000, True, 500),
+        (250, 100_000, False, 125),  # two per thread would be 63 rows < 4 k: one each
+        (250, 100_000, True, 125),  # ... in memory, above the cap
         (500, 200_000, True, 125),  # ... above array.chunk-size (83 rows) in memory
         (500, 200_000, False, 63),  # read from a store: the byte cap holds
     ],
@@ -434,10 +437,10 @@ def test_default_block_rows_counts_the_partial(m, n, in_memory, expected):
         )
         plain = default_block_rows(m, n, np.float64, parallelism=2)
     assert rows == expected
-    if plain >= PARTIAL_REUSE * k:
-        assert rows == plain  # blocks already hold their partial: planned as before
-    elif in_memory:
+    if in_memory:
         assert rows > plain  # fewer, larger blocks
+    elif plain >= PARTIAL_REUSE * k:
+        assert rows == plain  # blocks already hold their partial: planned as before
     else:
         assert rows * n * 8 <= 128 * 2**20  # the byte cap holds
 

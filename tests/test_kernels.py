@@ -47,7 +47,8 @@ def test_sub_blocks_do_not_change_the_result(rng, beta, monkeypatch):
     V = make_low_rank(rng, 120, 30, 3)
     W, H = rng.random((120, 3)), rng.random((3, 30))
     whole = run_blocks(V, W, H, beta, [(0, 120)])
-    monkeypatch.setattr(kernels, "SUB_BLOCK_BYTES", 7 * 30 * 8)  # 7-row sub-blocks
+    for budget in ("SUB_BLOCK_BYTES", "PRODUCT_BLOCK_BYTES"):
+        monkeypatch.setattr(kernels, budget, 7 * 30 * 8)  # 7-row sub-blocks
     pieces = run_blocks(V, W, H, beta, [(0, 120)])
     for x, y in zip(whole[:2], pieces[:2]):
         np.testing.assert_allclose(x, y, rtol=1e-12)
@@ -128,6 +129,7 @@ def small_tiles(monkeypatch):
     """Cache budget and tile floor small enough that a 37 x 1001 V is "wide":
     sub-blocks of a few rows (sized by the partial) and ~20-column tiles."""
     monkeypatch.setattr(kernels, "SUB_BLOCK_BYTES", 2000)
+    monkeypatch.setattr(kernels, "PRODUCT_BLOCK_BYTES", 2000)
     monkeypatch.setattr(kernels, "MIN_TILE_COLS", 16)
 
 

@@ -33,9 +33,9 @@ def default_block_rows(
     n_components: int | None = None,
     in_memory: bool = False,
 ) -> int:
-    """Rows per block: at most dask's ``array.chunk-size``, at least two blocks
-    per worker thread where V has the rows, and as large as an even share of
-    the work between the threads allows.
+    """Rows per block: at most dask's ``array.chunk-size``, at least one block
+    per worker thread where V has the rows (two when V is read from a store),
+    and as large as an even share of the work between the threads allows.
 
     Large, because every block costs the scheduler and a worker a task or two
     each iteration; evenly shared, because an iteration ends when the busiest
@@ -67,7 +67,11 @@ def default_block_rows(
     if row_chunk and row_chunk <= cap and -(-n_rows // row_chunk) >= 2 * threads:
         unit = row_chunk
     units = -(-n_rows // unit)
-    per_thread = 2 if -(-units // (2 * threads)) * unit >= min_rows else 1
+    # V in memory: blocks are views of equal cost, and one per thread is fastest
+    # (each block is a task or two and adds a k x n partial; bench_shapes.py).
+    # Read from a store, two per thread let one block's read overlap another's work.
+    two = not in_memory and -(-units // (2 * threads)) * unit >= min_rows
+    per_thread = 2 if two else 1
     largest = max(1, min(cap // unit, -(-units // (per_thread * threads))))
 
     def busiest(size: int) -> int:

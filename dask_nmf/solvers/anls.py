@@ -163,8 +163,7 @@ class AlternatingNNLS(FrobeniusMU):
         B = np.zeros((k, k), dtype=W.dtype)
         r0 = 0.0
         # Sub-blocks of rows sized as the MU kernel's (the k x n partial counted).
-        step = kernels._sub_step(kernels._row_bytes(V), partial_bytes=kernels._partial_bytes(H))
-        step = min(step, max(1, V.shape[0]))
+        step = kernels._product_step(V, H)
         tile = kernels._tile_cols(step, n, np.result_type(W, H).itemsize)
         residual_buf = np.empty(step * tile, np.result_type(W, H)) if direct else None
         for rows in kernels._slices(V.shape[0], step):

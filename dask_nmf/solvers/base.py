@@ -50,9 +50,11 @@ class Regularization:
     def penalty(self, w_sum: Any, w_sq: float, H: np.ndarray) -> float:
         """``l1_W sum W + l2_W/2 ||W||^2 + l1_H sum H + l2_H/2 ||H||^2`` (the part of the
         cost MU decreases that is not the loss), from W's column sums and sum of squares."""
+        out = self.l1_W * float(np.sum(w_sum)) + 0.5 * self.l2_W * float(w_sq)
+        if self.l1_H == 0 and self.l2_H == 0:
+            return out  # (H is k x n: on a wide V, reading it costs as much as the H update)
         H64 = np.asarray(H, np.float64)
-        out = self.l1_H * float(H64.sum()) + 0.5 * self.l2_H * float(np.vdot(H64, H64))
-        return out + self.l1_W * float(np.sum(w_sum)) + 0.5 * self.l2_W * float(w_sq)
+        return out + self.l1_H * float(H64.sum()) + 0.5 * self.l2_H * float(np.vdot(H64, H64))
 
 
 @dataclass
@@ -273,8 +275,11 @@ class Solver:
             return (0, f"the loss became {before}")
         if not math.isfinite(after):
             return (1, f"the loss became {after}")
-        if not np.isfinite(H_next).all():
+        # One read of H (k x n) for both checks: H >= 0, so its sum is finite and
+        # positive unless an entry is NaN or infinite, or all are 0.
+        total = float(H_next.sum(dtype=np.float64))
+        if not math.isfinite(total) and not np.isfinite(H_next).all():
             return (1, "H has NaN or infinite entries")
-        if not H_next.any():
+        if total == 0 and not H_next.any():
             return (1, "H is all zeros")
         return None

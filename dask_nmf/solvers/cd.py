@@ -125,44 +125,66 @@ def seed_of(random_state: Any) -> int:
     )
 
 
-def sweep(Wt: np.ndarray, HHt: np.ndarray, XHt_t: np.ndarray, order: np.ndarray) -> float:
-    """One coordinate-descent sweep over the components, in place; its violation.
+try:  # scikit-learn's compiled sweep: the very loop its NMF(solver="cd") runs
+    from sklearn.decomposition._cdnmf_fast import _update_cdnmf_fast as _compiled_sweep
+except ImportError:  # pragma: no cover - a private module; the NumPy sweep stands in
+    _compiled_sweep = None
 
-    ``Wt`` is the factor transposed (k x rows, C order, so a component is a
-    contiguous row), ``HHt`` the k x k Gram matrix of the other factor (L2
-    already on its diagonal), ``XHt_t`` the k x rows product with the data
-    (L1 already subtracted).  Components are visited in ``order``; each sees
-    the ones updated before it, as in scikit-learn's ``_update_cdnmf_fast``.
+
+def sweep(F: np.ndarray, G: np.ndarray, XGt: np.ndarray, order: np.ndarray) -> float:
+    """One coordinate-descent sweep over the components of ``F``, in place; its violation.
+
+    ``F`` is the factor being updated (rows x k, C order), ``G`` the k x k Gram
+    matrix of the other factor (L2 already on its diagonal), ``XGt`` the
+    rows x k product of the data with the other factor (L1 already
+    subtracted).  Components are visited in ``order``; each sees the ones
+    updated before it.  This is scikit-learn's ``_update_cdnmf_fast`` where it
+    can be imported (a compiled loop: the Python-level sweep costs more than
+    the products on a small block), else :func:`numpy_sweep`, the same
+    arithmetic written with whole columns.
     """
+    if _compiled_sweep is not None and F.dtype == G.dtype == XGt.dtype and F.flags.c_contiguous:
+        return float(_compiled_sweep(F, G, XGt, order))
+    return numpy_sweep(F, G, XGt, order)
+
+
+def numpy_sweep(F: np.ndarray, G: np.ndarray, XGt: np.ndarray, order: np.ndarray) -> float:
+    """:func:`sweep` in NumPy, a component (a whole column of ``F``) at a time:
+
+        grad = F G[:, t] - XGt[:, t],    F[:, t] <- max(F[:, t] - grad / G[t, t], 0)
+
+    and the violation adds ``|grad|`` (only its negative part where
+    ``F[:, t]`` is 0: the projected gradient)."""
+    Ft = np.ascontiguousarray(F.T)  # a component is then a contiguous row
+    XGt_t = np.ascontiguousarray(XGt.T)
     violation = 0.0
     for t in order:
-        row = Wt[t]
-        grad = HHt[t] @ Wt - XHt_t[t]
-        # Projected gradient: at a zero entry only a descent direction counts.
+        row = Ft[t]
+        grad = G[t] @ Ft - XGt_t[t]
         projected = np.where(row == 0, np.minimum(grad, 0), grad)
         violation += float(np.abs(projected).sum(dtype=np.float64))
-        hess = HHt[t, t]
+        hess = G[t, t]
         if hess != 0:
             np.maximum(row - grad / hess, 0, out=row)
+    F[...] = Ft.T
     return violation
 
 
-def sweeps(
-    Wt: np.ndarray, HHt: np.ndarray, XHt_t: np.ndarray, order: np.ndarray, limit: int
-) -> float:
+def sweeps(F: np.ndarray, G: np.ndarray, XGt: np.ndarray, order: np.ndarray, limit: int) -> float:
     """Up to ``limit`` :func:`sweep` s from the same fixed terms, in place, stopping
-    once a sweep moves ``Wt`` by less than ``ACCEL_DELTA`` times the first one did
+    once a sweep moves ``F`` by less than ``ACCEL_DELTA`` times the first one did
     (Gillis & Glineur's inner rule); the violation of the first sweep."""
     first_move = None
     violation = 0.0
     for i in range(limit):
-        before = Wt.copy() if limit > 1 else None
-        v = sweep(Wt, HHt, XHt_t, order)
+        before = F.copy() if limit > 1 else None
+        v = sweep(F, G, XGt, order)
         if i == 0:
             violation = v
         if before is None:
             break
-        moved = float(np.linalg.norm(Wt - before))
+        before -= F
+        moved = float(np.linalg.norm(before))
         if first_move is None:
             first_move = moved
         elif moved < ACCEL_DELTA * first_move:
@@ -241,22 +263,22 @@ class CoordinateDescent(FrobeniusMU):
             limit = inner_updates(rho, ACCEL_ALPHA_HALS)
         # Sub-blocks of rows, as the MU kernel does: the sweep is row-local, and
         # W'ᵀV of a sub-block is formed while that part of V is in cache.
-        step = kernels._sub_step(kernels._row_bytes(V), partial_bytes=kernels._partial_bytes(H))
-        step = min(step, max(1, V.shape[0]))
+        step = kernels._product_step(V, H)
         tile = kernels._tile_cols(step, n, np.result_type(W, H).itemsize)
         residual_buf = np.empty(step * tile, np.result_type(W, H)) if direct else None
+        HT = np.ascontiguousarray(H.T) if sp.issparse(V) else H.T
         for rows in kernels._slices(V.shape[0], step):
             Vs = V[rows]
             if direct:
                 r0 += kernels.residual_tiles(Vs, W[rows], H, tile, residual_buf)
-            Wt = np.ascontiguousarray(W[rows].T)
-            XHt_t = np.ascontiguousarray((Vs @ H.T).T)
+            Ws = W_new[rows]  # (a C-ordered view: the sweep updates it in place)
+            Ws[...] = W[rows]
+            XHt = np.asarray(Vs @ HT)
             if self.reg.l1_W != 0:
-                XHt_t -= self.reg.l1_W
-            violation += sweeps(Wt, HHt, XHt_t, order, limit)
-            W_new[rows] = Wt.T
-            A.add(Wt.T, Vs)
-            B += Wt @ Wt.T
+                XHt -= self.reg.l1_W
+            violation += sweeps(Ws, HHt, XHt, order, limit)
+            A.add(Ws, Vs)
+            B += Ws.T @ Ws
         partials = {"A": A.total(), "B": B, **kernels._w_terms(W_new, W), "violation": violation}
         if self.accelerate:
             partials.update(rows=V.shape[0], nnz=nnz)
@@ -268,7 +290,7 @@ class CoordinateDescent(FrobeniusMU):
         H, t, init = state[0], state[4], state[5]
         # The H problem is the W problem transposed: its Gram matrix is B = W'ᵀW'
         # and its data product (V W')ᵀ = A.
-        H_new = H.copy()
+        Ht = np.ascontiguousarray(H.T)  # the H problem's factor, n x k
         B = self._gram_of(sums["B"], self.reg.l2_H)
         A = sums["A"] - self.reg.l1_H if self.reg.l1_H != 0 else sums["A"]
         k, n = H.shape
@@ -276,7 +298,9 @@ class CoordinateDescent(FrobeniusMU):
         if self.accelerate:
             rho = 1.0 + (sums["nnz"] + sums["rows"] * k) / (n * (k + 1))
             limit = inner_updates(rho, ACCEL_ALPHA_HALS)
-        violation = sums["violation"] + sweeps(H_new, B, A, self._order(2 * t + 1, k), limit)
+        At = np.ascontiguousarray(A.T)
+        violation = sums["violation"] + sweeps(Ht, B, At, self._order(2 * t + 1, k), limit)
+        H_new = np.ascontiguousarray(Ht.T)
         if math.isnan(init):  # the pass from the first state
             init = violation
         HHt = H_new @ H_new.T
@@ -327,18 +351,18 @@ class CoordinateDescent(FrobeniusMU):
         """
         V = kernels.as_block(V)
         k = H.shape[0]
-        Wt = np.zeros((k, V.shape[0]), dtype=H.dtype)
+        W = np.zeros((V.shape[0], k), dtype=H.dtype)
         if V.shape[0] == 0:
-            return np.ascontiguousarray(Wt.T)
+            return W
         HHt = self._gram(H, self.reg.l2_W)
-        XHt_t = np.ascontiguousarray((V @ H.T).T)
+        XHt = np.ascontiguousarray(V @ H.T, dtype=H.dtype)
         if self.reg.l1_W != 0:
-            XHt_t -= self.reg.l1_W
+            XHt -= self.reg.l1_W
         init = math.nan
         for n_iter in range(1, max_iter + 1):
-            violation = sweep(Wt, HHt, XHt_t, self._order(n_iter - 1, k))
+            violation = sweep(W, HHt, XHt, self._order(n_iter - 1, k))
             if n_iter == 1:
                 init = violation
             if self._done(violation, init, tol):
                 break
-        return np.ascontiguousarray(Wt.T)
+        return W

@@ -196,8 +196,7 @@ def accelerated_block_step(
     A = kernels.ProductSum(k, n, W.dtype)
     B = np.zeros((k, k), dtype=W.dtype)
     r0 = 0.0
-    sub = kernels._sub_step(kernels._row_bytes(V), partial_bytes=kernels._partial_bytes(H))
-    sub = min(sub, max(1, m))
+    sub = kernels._product_step(V, H)
     tile = kernels._tile_cols(sub, n, np.result_type(W, H).itemsize)
     residual_buf = np.empty(sub * tile, np.result_type(W, H)) if residual else None
     HT = np.ascontiguousarray(H.T) if sp.issparse(V) else H.T
