@@ -359,6 +359,7 @@ def fit(
             runner.release_read_buffers()  # (on success, released when the fit ends)
             raise
         solver = options.solver_for(Vin.shape, stats, Vin.dtype)
+        solver.threads = 1 if runner.distributed else runner.parallelism
         passes = PassBuilder(runner, Vin, sources, reader, solver)
 
         store = checkpoint

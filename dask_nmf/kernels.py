@@ -465,10 +465,16 @@ def kl_loss_terms(V: np.ndarray, W: np.ndarray, H: np.ndarray) -> dict:
 # H updates (on the reduced sums; small arrays)
 # --------------------------------------------------------------------------
 def frobenius_h_update(
-    H: np.ndarray, A: np.ndarray, B: np.ndarray, l1: float = 0.0, l2: float = 0.0
+    H: np.ndarray,
+    A: np.ndarray,
+    B: np.ndarray,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``H' = H * (W^T V) / (W^T W H + l1 + l2 H)`` from ``A = W^T V``, ``B = W^T W``."""
-    denominator = B @ H
+    """``H' = H * (W^T V) / (W^T W H + l1 + l2 H)`` from ``A = W^T V``, ``B = W^T W``
+    (written to ``out`` where given: columns of a larger H', say)."""
+    denominator = np.matmul(B, H, out=out)
     if l1 > 0:
         denominator += l1
     if l2 > 0:

@@ -50,10 +50,15 @@ def test_registry():
 KL = KullbackLeiblerMU
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("beta", BETAS)
 @pytest.mark.parametrize("reg", REGS)
-def test_passes_follow_the_reference(rng, beta, reg):
-    """Ten passes through the interface give the reference's factors and losses."""
+def test_passes_follow_the_reference(rng, beta, reg, threads, monkeypatch):
+    """Ten passes through the interface give the reference's factors and losses
+    (with ``threads``, Frobenius's H update runs in that many column tiles)."""
+    from dask_nmf.solvers import mu_frobenius
+
+    monkeypatch.setattr(mu_frobenius, "THREADED_H_BYTES", 0)
     V = make_low_rank(rng, 157, 41, 4)
     W, H = rng.random((157, 4)) + 0.1, rng.random((4, 41)) + 0.1
     start_loss = reference_loss(V, W, H, beta)
@@ -61,6 +66,7 @@ def test_passes_follow_the_reference(rng, beta, reg):
         V, W, H, beta, 10, reg.l1_W, reg.l2_W, reg.l1_H, reg.l2_H
     )
     solver = make(beta, V, reg)
+    solver.threads = threads
     state, before = solver.start(H, loss_unknown=True), []
     for _ in range(10):
         W, state, report = one_pass(solver, V, W, state)
@@ -111,6 +117,19 @@ def test_broken_states_are_reported(rng, beta):
     assert report.problem is not None and report.problem[1] == "H is all zeros"
     _, _, report = one_pass(solver, V, W * np.nan, solver.start(H, True))
     assert report.problem is not None and report.problem[0] == 0  # the loss itself
+
+
+def test_problems_of_H_are_named():
+    problem = Solver._problem
+    H = np.ones((3, 5))
+    assert problem(1.0, True, 2.0, H) is None
+    for bad in (np.nan, np.inf):
+        broken = H.copy()
+        broken[1, 2] = bad
+        assert problem(1.0, True, 2.0, broken) == (1, "H has NaN or infinite entries")
+    assert problem(1.0, True, 2.0, np.zeros((3, 5))) == (1, "H is all zeros")
+    assert problem(1.0, True, 2.0, np.eye(3, 5)) is None
+    assert problem(np.nan, True, 2.0, H)[0] == 0 and problem(1.0, True, np.inf, H)[0] == 1
 
 
 def test_kl_notices_V_changed(rng):

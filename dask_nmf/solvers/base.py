@@ -136,6 +136,10 @@ class Solver:
         self.dtype = np.dtype(dtype)
         self.tol, self.shuffle, self.random_state = float(tol), bool(shuffle), random_state
         self.accelerate = bool(accelerate)
+        #: Threads a task of this solver may use for work no other task runs
+        #: beside (set by the driver: the local scheduler's threads; 1 on a cluster,
+        #: whose worker threads are the tasks').
+        self.threads = 1
 
     @classmethod
     def check_stats(cls, stats: dict) -> None:

@@ -26,6 +26,7 @@ of the same cost, so the cost still never increases.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,6 +44,10 @@ DIRECT_LOSS_BELOW = kernels.DIRECT_LOSS_BELOW
 #: the factor by less than δ times the first one did), Gillis & Glineur's values.
 ACCEL_ALPHA = 2.0
 ACCEL_DELTA = 0.1
+
+#: From this size of H on, its update runs in column tiles on :attr:`Solver.threads`
+#: threads (below it, starting the threads costs more than they save).
+THREADED_H_BYTES = 4 * 2**20
 
 
 class FrobeniusMU(Solver):
@@ -80,16 +85,37 @@ class FrobeniusMU(Solver):
     def next_state(self, state: tuple, sums: dict) -> tuple:
         if self.accelerate:
             H = self._accelerated_h(state[0], sums)
+            HHt = H @ H.T
         else:
-            H = kernels.frobenius_h_update(
-                state[0], sums["A"], sums["B"], self.reg.l1_H, self.reg.l2_H
-            )
-        HHt = H @ H.T
+            H, HHt = self._h_step(state[0], sums["A"], sums["B"])
         loss = _expansion_loss(self.norm_v2, sums["A"], sums["B"], H, HHt)
         # Decided here, on the cluster: the next pass (perhaps already submitted)
         # reads it from the state.  NaN compares false: direct too.
         direct = not 2 * loss >= self.direct_below * self.norm_v2
         return H, HHt, direct, loss
+
+    def _h_step(self, H: np.ndarray, A: np.ndarray, B: np.ndarray) -> tuple:
+        """H' and H'H'ᵀ; on a wide V, in column tiles on :attr:`threads` threads.
+
+        The H update is column by column, and while it runs every block waits
+        for it: on a local scheduler the other threads would idle through it.
+        """
+        reg = self.reg
+        tiles = self.threads if H.nbytes >= THREADED_H_BYTES else 1
+        if tiles <= 1:
+            H_new = kernels.frobenius_h_update(H, A, B, reg.l1_H, reg.l2_H)
+            return H_new, H_new @ H_new.T
+        H_new = np.empty_like(H)
+
+        def tile(cols: slice) -> np.ndarray:
+            out = H_new[:, cols]
+            kernels.frobenius_h_update(H[:, cols], A[:, cols], B, reg.l1_H, reg.l2_H, out=out)
+            return out @ out.T
+
+        step = -(-H.shape[1] // tiles)
+        with ThreadPoolExecutor(tiles) as pool:
+            grams = list(pool.map(tile, kernels._slices(H.shape[1], step)))
+        return H_new, sum(grams[1:], grams[0])
 
     def _accelerated_h(self, H: np.ndarray, sums: dict) -> np.ndarray:
         """Up to ``floor(1 + α ρ_H)`` H updates from the same ``A`` and ``B``."""
