@@ -12,7 +12,8 @@ scheduler (and, for two shapes, on a ``LocalCluster`` of 2 worker processes),
 scikit-learn with its default BLAS threads.  For each dask_nmf run the table
 also gives its row blocks and the bytes a pass moves between blocks in its
 model: each block's k x n partial sums (summed first per worker on a cluster:
-then one per worker travels) and H to each worker.
+then one per worker travels) and H to each worker; and on the cluster the bytes
+the workers sent each other per pass, as distributed counts them.
 
 Writes ``shapes.json`` and ``shapes.png`` (ratio against n / m) to a fresh
 folder (printed), or to ``--out``.
@@ -84,12 +85,30 @@ def run_ours(V, W0, H0, beta, N, client=None):
 def moved_per_pass(m: int, n: int, k: int, block_rows: int, workers: int) -> dict:
     """The pass's k x n traffic in its model (8-byte values): the partial sums
     each block adds (summed per worker first, then one per worker travels to the
-    reduction) and H sent to each worker."""
+    worker of the reduction) and the new H from there to each other worker."""
     blocks = -(-m // block_rows)
     partial = k * n * 8
     return {"blocks": blocks, "partial_MB": partial / 1e6,
             "partials_added_MB": blocks * partial / 1e6,
-            "moved_MB": 2 * workers * partial / 1e6 if workers > 1 else 0.0}
+            "moved_MB": 2 * (workers - 1) * partial / 1e6}
+
+
+def measured_moved(client, run, n1: int, n2: int) -> float:
+    """MB sent between the cluster's workers per pass, as the workers count it
+    (distributed's ``transfer_outgoing_bytes_total``), by the difference of a
+    fit of ``n2`` passes and one of ``n1``: what the client sends (the graph,
+    the start) cancels out."""
+
+    def total() -> int:
+        sent = client.run(lambda dask_worker: dask_worker.transfer_outgoing_bytes_total)
+        return sum(sent.values())
+
+    a = total()
+    run(n1)
+    b = total()
+    run(n2)
+    c = total()
+    return ((c - b) - (b - a)) / (n2 - n1) / 1e6
 
 
 def run(args, ctx) -> dict:
@@ -121,10 +140,16 @@ def run(args, ctx) -> dict:
                     ours = per_iteration(lambda N, cl=cl: run_ours(V, W0, H0, beta, N, cl),
                                          n1, n2, repeats)["ms_per_iter"]
                     block_rows = int(run_ours(V, W0, H0, beta, 1, cl).params["block_rows"])
+                    measured = 0.0
+                    if cl is not None:
+                        measured = measured_moved(
+                            cl, lambda N, cl=cl: run_ours(V, W0, H0, beta, N, cl), n1, n2
+                        )
                     row = dict(shape=case["name"], m=m, n=n, k=k, n_over_m=n / m,
                                V="sparse %.1f %%" % (100 * case["density"]) if sparse else "dense",
                                beta_loss=beta, scheduler=where, sklearn_ms=sk, ours_ms=ours,
                                ratio=ours / sk, block_rows=block_rows,
+                               measured_MB=measured,
                                **moved_per_pass(m, n, k, block_rows, 2 if cl is not None else 1))
                     rows.append(row)
                     log(f"    {case['name']:<12s} {m}x{n} {beta[:4]} {where:<17s} sklearn "
@@ -136,11 +161,13 @@ def run(args, ctx) -> dict:
             cluster.close()
     log("")
     log(table(rows, ["shape", "m", "n", "V", "beta_loss", "scheduler", "sklearn_ms", "ours_ms",
-                     "ratio", "blocks", "partial_MB", "partials_added_MB", "moved_MB"],
+                     "ratio", "blocks", "partial_MB", "partials_added_MB", "moved_MB",
+                     "measured_MB"],
               title="Per iteration against scikit-learn's MU, by shape (ratio < 1: dask_nmf faster)",
               headers={"sklearn_ms": "sklearn ms/iter", "ours_ms": "dask_nmf ms/iter",
                        "ratio": "/ sklearn", "partial_MB": "k x n MB",
-                       "partials_added_MB": "partials/pass MB", "moved_MB": "moved/pass MB"}))
+                       "partials_added_MB": "partials/pass MB", "moved_MB": "moved/pass MB (model)",
+                       "measured_MB": "moved/pass MB (measured)"}))
     _plot(rows, Path(args.out), quick)
     return {"rows": rows}
 

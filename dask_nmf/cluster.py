@@ -364,6 +364,19 @@ class Runner:
                 raise
         return arrays
 
+    def holders(self, handles: list) -> list[str] | None:
+        """The worker holding each of ``handles`` (futures of :meth:`place`), or None
+        (the local scheduler; arrays; a handle no worker holds)."""
+        if not self.distributed or not handles:
+            return None
+        from distributed import Future
+
+        if not all(isinstance(h, Future) for h in handles):
+            return None
+        who_has = self.client.who_has(handles)
+        holders = [sorted(who_has.get(h.key, ()))[:1] for h in handles]
+        return [h[0] for h in holders] if all(holders) else None
+
     @property
     def parallelism(self) -> int:
         """Worker threads that can run blocks at once."""

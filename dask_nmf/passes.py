@@ -91,8 +91,8 @@ def _tree_reduce_keys(dsk: dict, keys: list, combine: Callable, prefix: str) -> 
 def describe_key(key: Any) -> dict | None:
     """What a key of a pass graph stands for, or None for other keys.
 
-    ``{"role": "step" | "W" | "W-in" | "V" | "sum" | "state" | "next-state"
-    | "report", "pass": t, "block": i}`` (``block`` for per-block keys only).
+    ``{"role": "step" | "W" | "W-in" | "partials" | "V" | "sum" | "state"
+    | "next-state" | "report", "pass": t, "block": i}`` (``block`` for per-block keys only).
     A diagnostics hook for tests and for reading the dashboard: the key format
     itself is not an interface.
     """
@@ -105,8 +105,8 @@ def describe_key(key: Any) -> dict | None:
     if len(rest) < 2 or not rest[1].isdigit():
         return None
     out = {"pass": int(rest[1])}
-    if role in ("step", "Wnew", "W") and len(rest) == 3:
-        roles = {"step": "step", "Wnew": "W", "W": "W-in"}
+    if role in ("step", "Wnew", "W", "part") and len(rest) == 3:
+        roles = {"step": "step", "Wnew": "W", "W": "W-in", "part": "partials"}
         return dict(out, role=roles[role], block=int(rest[2]))
     if role == "state":
         return dict(out, role="next-state" if rest[2:] == ["next"] else "state")
@@ -166,12 +166,15 @@ class PassBuilder:
             # (dask would otherwise keep whatever imbalance the first placement had).
             self.owners = runner.block_owners(len(V.bounds))
         else:
-            # In-memory or kept blocks of V: each step runs where its V block is.
+            # In-memory or kept blocks of V: each step runs where its V block is
+            # (pinned there where the blocks were scattered: dask alone would
+            # rather move a block once than the state every pass, and run every
+            # block on one worker).
             self.source_refs = [
                 _graph_ref(s, f"nmf-V-{self.token}-{i}", self.source_graph, runner.client)
                 for i, s in enumerate(sources)
             ]
-            self.owners = None
+            self.owners = runner.holders(sources)
         # A pass may be submitted before the previous one ends only if it has no
         # task that could run early: a read task would fetch V's blocks for the
         # next pass while this one still holds its own (memory, not speed).
@@ -221,7 +224,7 @@ class PassBuilder:
         if in_memory(state):
             dsk[f"nmf-state-{tag}"] = (self.solver.start, state, first, t, carry)
             state = f"nmf-state-{tag}"
-        w_keys, steps = [], []
+        w_keys, steps, parts = [], [], []
         for i, (v, w) in enumerate(zip(self.source_refs, W)):
             w = _graph_ref(w, f"nmf-W-{tag}-{i}", dsk, self.runner.client)
             task = (self.solver.block_step, v, w, state, with_loss)
@@ -229,13 +232,16 @@ class PassBuilder:
             dsk[steps[-1]] = task
             w_keys.append(f"nmf-Wnew-{tag}-{i}")
             dsk[w_keys[-1]] = (operator.getitem, steps[-1], 0)
+            # (Only the partial sums leave the block's worker, not its W.)
+            parts.append(f"nmf-part-{tag}-{i}")
+            dsk[parts[-1]] = (operator.getitem, steps[-1], 1)
         # First sums over blocks of one worker (no transfers), then across workers.
         if self.owners:
-            steps.sort(key=lambda key: self.owners[int(key.rsplit("-", 1)[1])])
+            parts.sort(key=lambda key: self.owners[int(key.rsplit("-", 1)[1])])
         firsts = []
-        for j in range(0, len(steps), SPLIT_EVERY):
+        for j in range(0, len(parts), SPLIT_EVERY):
             firsts.append(f"nmf-sum-{tag}-s-{j}")
-            dsk[firsts[-1]] = (_sum_of_steps, steps[j : j + SPLIT_EVERY])
+            dsk[firsts[-1]] = (kernels.sum_partials, parts[j : j + SPLIT_EVERY])
         total = _tree_reduce_keys(dsk, firsts, kernels.sum_partials, f"nmf-sum-{tag}")
         state_next = f"nmf-state-{tag}-next"
         dsk[state_next] = (self.solver.next_state, state, total)
@@ -280,8 +286,3 @@ class _Given:
 
 def _given(box: _Given) -> Any:
     return box.value
-
-
-def _sum_of_steps(steps: list) -> dict:
-    """Sum the partial sums of block steps (each step returns ``(W block, partials)``)."""
-    return kernels.sum_partials([step[1] for step in steps])

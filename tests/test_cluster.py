@@ -293,3 +293,29 @@ def test_no_pass_runs_ahead_when_it_would_read_V_early(cluster_client, V_small):
     )
     assert res.n_iter == 8 and len(seen) == 8
     assert all(t not in passes for t, passes in seen.items()), seen
+
+
+def test_a_numpy_v_stays_put_and_only_sums_and_H_travel(cluster_client):
+    """A NumPy V is scattered once; each block's step runs where its block is
+    (V and W never move), and a pass sends between the workers only one
+    worker's partial sums and the new state: 2 (workers - 1) k x n numbers."""
+    rng = np.random.default_rng(0)
+    m, n, k = 40, 6_000, 4
+    V = make_low_rank(rng, m, n, k)
+    cluster_client.run(lambda dask_worker: dask_worker.transfer_outgoing_log.clear())
+    dask_nmf.factorize(V, k, init="random", max_iter=6, tol=0, client=cluster_client)
+    sent = cluster_client.run(
+        lambda dask_worker: [
+            (key, d["total"]) for d in dask_worker.transfer_outgoing_log for key in d["keys"]
+        ]
+    )
+    moved = [
+        (describe_key(key) or {"role": key}, size) for log in sent.values() for key, size in log
+    ]
+    roles = {r["role"] for r, _ in moved}
+    # (The start's W blocks, made on some worker, join their V blocks once.)
+    assert not roles & {"step", "W", "W-in", "V"}, roles
+    assert not any(str(role).startswith("ndarray-") for role in roles), roles  # V's blocks
+    per_pass = [size for r, size in moved if r["role"] in ("partials", "next-state")]
+    assert 6 <= len(per_pass) <= 2 * 6  # one partial (and one state) per pass, no more
+    assert max(per_pass) < 1.2 * k * n * 8

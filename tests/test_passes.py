@@ -44,14 +44,16 @@ def test_task_count_is_a_formula_of_the_block_count(rng, n_blocks, beta):
     firsts = math.ceil(n_blocks / SPLIT_EVERY)
     for t in (0, 1, 1000):
         dsk, keys, owners = passes.build(W, H, t, first=t == 0, with_loss=True)
-        # per block: V, W in, step, W out; the sums; the start, next state, report
-        assert len(dsk) == 4 * n_blocks + firsts + reduction_nodes(firsts) + 3
+        # per block: V, W in, step, W out, partials; the sums; the start, next
+        # state, report
+        assert len(dsk) == 5 * n_blocks + firsts + reduction_nodes(firsts) + 3
         roles = Counter(describe_key(k)["role"] for k in dsk)
         assert roles == {
             "V": n_blocks,
             "W-in": n_blocks,
             "step": n_blocks,
             "W": n_blocks,
+            "partials": n_blocks,
             "sum": firsts + reduction_nodes(firsts),
             "state": 1,
             "next-state": 1,
