@@ -125,8 +125,9 @@ def factorize(
         Rows of V per block (and per W block).  Default: from dask's
         ``array.chunk-size`` (on a cluster at most 1/8 of a worker thread's
         memory limit for a dense zarr store, 1/16 for other lazy inputs), at
-        least two blocks per worker thread, sized for an even share between
-        the threads, in whole store row chunks where there are enough.
+        least one block per worker thread (two where V is read from a store),
+        sized for an even share between the threads, in whole store row
+        chunks where there are enough.
     client : distributed.Client, optional
         Where to run; default: the current default client if there is one,
         else dask's local threaded scheduler.  No cluster is started here.

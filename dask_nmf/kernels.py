@@ -31,10 +31,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from .reductions import (  # noqa: F401  (re-exported: the per-block math in one namespace)
+    THREADED_BYTES,
     ProductSum,
     add_partials,
     as_block,
     block_stats,
+    column_tiles,
     merge_all_stats,
     merge_stats,
     sum_partials,

@@ -239,9 +239,11 @@ class PassBuilder:
         if self.owners:
             parts.sort(key=lambda key: self.owners[int(key.rsplit("-", 1)[1])])
         firsts = []
+        # (A single first sum is the whole reduction: every block waits for it.)
+        threads = self.solver.threads if len(parts) <= SPLIT_EVERY else 1
         for j in range(0, len(parts), SPLIT_EVERY):
             firsts.append(f"nmf-sum-{tag}-s-{j}")
-            dsk[firsts[-1]] = (kernels.sum_partials, parts[j : j + SPLIT_EVERY])
+            dsk[firsts[-1]] = (kernels.sum_partials, parts[j : j + SPLIT_EVERY], threads)
         total = _tree_reduce_keys(dsk, firsts, kernels.sum_partials, f"nmf-sum-{tag}")
         state_next = f"nmf-state-{tag}-next"
         dsk[state_next] = (self.solver.next_state, state, total)

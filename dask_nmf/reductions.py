@@ -6,6 +6,10 @@ Pure functions of arrays, like :mod:`dask_nmf.kernels` (which re-exports them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -128,28 +132,59 @@ def merge_stats(a: dict, b: dict) -> dict:
     return out
 
 
+#: From this many bytes on, a k x n array's element-wise work may run in column
+#: tiles on several threads (below it, starting them costs more than they save).
+THREADED_BYTES = 4 * 2**20
+
+
+def column_tiles(fn: Callable[[slice], Any], n_cols: int, threads: int = 1) -> list:
+    """``[fn(cols) for cols in tiles]`` over ``threads`` tiles of ``n_cols`` columns,
+    run on that many threads (one tile, on this thread, for ``threads`` <= 1).
+
+    For the work on k x n arrays that runs while every block waits for it (the
+    sums, the H update): on a local scheduler the other threads are idle then.
+    NumPy and BLAS release the GIL for the arrays' work.
+    """
+    if threads <= 1 or n_cols < 2:
+        return [fn(slice(0, n_cols))]
+    step = -(-n_cols // min(threads, n_cols))
+    tiles = [slice(a, min(a + step, n_cols)) for a in range(0, n_cols, step)]
+    with ThreadPoolExecutor(len(tiles)) as pool:
+        return list(pool.map(fn, tiles))
+
+
 def add_partials(a: dict, b: dict) -> dict:
     """Sum two partial-sum dictionaries key by key."""
     return {key: a[key] + b[key] for key in a}
 
 
-def sum_partials(parts: list[dict]) -> dict:
+def sum_partials(parts: list[dict], threads: int = 1) -> dict:
     """:func:`add_partials` over a list (one node of a reduction tree).
 
-    The first two parts' arrays are added into a new one, the others in place
-    into it: one new k x n array per node, not one per part (each a fresh mmap's
-    page faults on a wide V).  The parts themselves are task results and stay
-    unchanged (a task re-run after a lost worker sees them as they were).
+    The arrays are added into a new one: one new k x n array per node, not
+    one per part (each a fresh mmap's page faults on a wide V).  The parts
+    themselves are task results and stay unchanged (a task re-run after a lost
+    worker sees them as they were).  ``threads``: large 2-d arrays are added in
+    that many column tiles at once (:func:`column_tiles`).
     """
     if len(parts) == 1:
         return parts[0]
-    out = add_partials(parts[0], parts[1])
-    for p in parts[2:]:
-        for key, v in out.items():
-            if isinstance(v, np.ndarray):
-                v += p[key]
-            else:
-                out[key] = v + p[key]
+    out = {}
+    for key, first in parts[0].items():
+        if not isinstance(first, np.ndarray):
+            out[key] = sum((p[key] for p in parts[1:]), first)
+            continue
+        total = np.empty_like(first)
+        values = [p[key] for p in parts]
+
+        def add(cols: slice, total=total, values=values) -> None:
+            np.add(values[0][..., cols], values[1][..., cols], out=total[..., cols])
+            for v in values[2:]:
+                total[..., cols] += v[..., cols]
+
+        big = first.ndim == 2 and first.nbytes >= THREADED_BYTES
+        column_tiles(add, first.shape[-1], threads if big else 1)
+        out[key] = total
     return out
 
 

@@ -9,16 +9,19 @@ import scipy.sparse as sp
 from dask_nmf import reductions
 
 
-def test_sum_partials_adds_in_place_without_changing_the_parts(rng):
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("n_parts", [2, 4])
+def test_sum_partials_adds_in_place_without_changing_the_parts(rng, threads, n_parts, monkeypatch):
+    monkeypatch.setattr(reductions, "THREADED_BYTES", 0)  # (column tiles even here)
     parts = [
         {"A": rng.random((3, 5)), "B": rng.random((3, 3)), "x": float(i), "rows": i}
         for i in range(4)
-    ]
+    ][:n_parts]
     copies = [{key: np.copy(v) for key, v in p.items()} for p in parts]
-    total = reductions.sum_partials(parts)
+    total = reductions.sum_partials(parts, threads)
     np.testing.assert_allclose(total["A"], sum(p["A"] for p in copies), rtol=1e-15)
     np.testing.assert_allclose(total["B"], sum(p["B"] for p in copies), rtol=1e-15)
-    assert total["x"] == 6.0 and total["rows"] == 6
+    assert total["x"] == total["rows"] == sum(range(n_parts))
     for p, c in zip(parts, copies):
         for key in p:
             np.testing.assert_array_equal(p[key], c[key])

@@ -56,9 +56,7 @@ KL = KullbackLeiblerMU
 def test_passes_follow_the_reference(rng, beta, reg, threads, monkeypatch):
     """Ten passes through the interface give the reference's factors and losses
     (with ``threads``, Frobenius's H update runs in that many column tiles)."""
-    from dask_nmf.solvers import mu_frobenius
-
-    monkeypatch.setattr(mu_frobenius, "THREADED_H_BYTES", 0)
+    monkeypatch.setattr(kernels, "THREADED_BYTES", 0)
     V = make_low_rank(rng, 157, 41, 4)
     W, H = rng.random((157, 4)) + 0.1, rng.random((4, 41)) + 0.1
     start_loss = reference_loss(V, W, H, beta)

@@ -123,7 +123,8 @@ def open_input(
     storage_options : dict, optional
         Passed to fsspec for URLs.
     parallelism : int
-        Worker threads available; the default ``block_rows`` gives each two blocks.
+        Worker threads available; the default ``block_rows`` gives each one block
+        (two where V is read from a store).
     variable : str, optional
         The variable of an xarray Dataset (or of a zarr store opened with xarray).
     sample_dims, feature_dims : str or sequence of str, optional

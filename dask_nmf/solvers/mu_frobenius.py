@@ -26,7 +26,6 @@ of the same cost, so the cost still never increases.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import numpy as np
@@ -44,10 +43,6 @@ DIRECT_LOSS_BELOW = kernels.DIRECT_LOSS_BELOW
 #: the factor by less than δ times the first one did), Gillis & Glineur's values.
 ACCEL_ALPHA = 2.0
 ACCEL_DELTA = 0.1
-
-#: From this size of H on, its update runs in column tiles on :attr:`Solver.threads`
-#: threads (below it, starting the threads costs more than they save).
-THREADED_H_BYTES = 4 * 2**20
 
 
 class FrobeniusMU(Solver):
@@ -101,10 +96,6 @@ class FrobeniusMU(Solver):
         for it: on a local scheduler the other threads would idle through it.
         """
         reg = self.reg
-        tiles = self.threads if H.nbytes >= THREADED_H_BYTES else 1
-        if tiles <= 1:
-            H_new = kernels.frobenius_h_update(H, A, B, reg.l1_H, reg.l2_H)
-            return H_new, H_new @ H_new.T
         H_new = np.empty_like(H)
 
         def tile(cols: slice) -> np.ndarray:
@@ -112,9 +103,8 @@ class FrobeniusMU(Solver):
             kernels.frobenius_h_update(H[:, cols], A[:, cols], B, reg.l1_H, reg.l2_H, out=out)
             return out @ out.T
 
-        step = -(-H.shape[1] // tiles)
-        with ThreadPoolExecutor(tiles) as pool:
-            grams = list(pool.map(tile, kernels._slices(H.shape[1], step)))
+        threads = self.threads if H.nbytes >= kernels.THREADED_BYTES else 1
+        grams = kernels.column_tiles(tile, H.shape[1], threads)
         return H_new, sum(grams[1:], grams[0])
 
     def _accelerated_h(self, H: np.ndarray, sums: dict) -> np.ndarray:
