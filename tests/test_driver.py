@@ -9,7 +9,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from conftest import counting_array, reference_mu, write_zarr
+from conftest import counting_array, make_low_rank, reference_mu, write_zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.decomposition import NMF as SkNMF
@@ -374,3 +374,32 @@ def test_auto_rank_as_scikit_learn(V_small, start, zarr_V):
     assert full.H.shape == (41, 41)
     with pytest.raises(dask_nmf.InputError, match="n_components must be a positive integer"):
         dask_nmf.factorize(V_small, "Auto")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(beta_loss="kullback-leibler"),
+        dict(beta_loss=0.5),
+        dict(accelerate=True),
+        dict(solver="cd"),
+        dict(solver="cd", accelerate=True, shuffle=True, random_state=0),
+        dict(solver="anls"),
+        dict(missing="nan"),
+    ],
+    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "mu",
+)
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_the_users_arrays_are_never_modified(rng, options, order):
+    """V, W_init and H_init come back as they were, in either memory order (a
+    transposed view of an F-ordered H is C-ordered: nothing may update it in place)."""
+    V = make_low_rank(rng, 60, 13, 3)
+    if options.get("missing"):
+        V[rng.random(V.shape) < 0.1] = np.nan
+    W0, H0 = rng.random((60, 3)) + 0.1, rng.random((3, 13)) + 0.1
+    V, W0, H0 = (np.array(x, order=order) for x in (V, W0, H0))
+    copies = [x.copy() for x in (V, W0, H0)]
+    dask_nmf.factorize(V, 3, init="custom", W_init=W0, H_init=H0, max_iter=4, tol=0, **options)
+    for x, c in zip((V, W0, H0), copies):
+        np.testing.assert_array_equal(x, c)

@@ -290,7 +290,7 @@ class CoordinateDescent(FrobeniusMU):
         H, t, init = state[0], state[4], state[5]
         # The H problem is the W problem transposed: its Gram matrix is B = W'ᵀW'
         # and its data product (V W')ᵀ = A.
-        Ht = np.ascontiguousarray(H.T)  # the H problem's factor, n x k
+        Ht = np.array(H.T, order="C")  # the H problem's factor, n x k (a copy: swept in place)
         B = self._gram_of(sums["B"], self.reg.l2_H)
         A = sums["A"] - self.reg.l1_H if self.reg.l1_H != 0 else sums["A"]
         k, n = H.shape
