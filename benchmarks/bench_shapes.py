@@ -1,7 +1,7 @@
 """Case "shapes": per-iteration time against scikit-learn's MU for tall, square, wide
 and very wide V (dense and sparse, both costs), as a ratio in the same run.
 
-    python benchmarks/bench_shapes.py [--quick] [--out DIR] [--no-cluster]
+    python benchmarks/bench_shapes.py [--quick] [--out DIR] [--no-cluster] [--shape S] [--cost C]
     python benchmarks/run.py --case shapes
 
 Every dense shape has the same number of entries (2.5e7; 1e6 with --quick), k = 32,
@@ -120,11 +120,13 @@ def run(args, ctx) -> dict:
     cluster = client = None
     try:
         for case in shapes(quick):
+            if getattr(args, "shape", None) and case["name"] not in args.shape:
+                continue
             V, W0, H0 = make_case(case)
             m, n, k = case["m"], case["n"], case["k"]
             sparse = case["density"] is not None
             n1, n2 = ((2, 6) if quick else (3, 13)) if sparse else ((2, 8) if quick else (5, 25))
-            for beta in COSTS:
+            for beta in getattr(args, "cost", None) or COSTS:
                 sk = per_iteration(lambda N: run_sklearn(V, W0, H0, beta, N), n1, n2,
                                    repeats)["ms_per_iter"]
                 targets = [("threaded", None)]
@@ -207,6 +209,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="results folder (default: a fresh one under /tmp)")
     p.add_argument("--repeats", type=int, default=2, help="timings of each length (min kept)")
     p.add_argument("--no-cluster", action="store_true", help="threaded scheduler only")
+    p.add_argument("--shape", action="append", choices=["tall", "square", "wide", "very wide",
+                                                        "sparse wide"],
+                   help="only this shape (repeatable; default all)")
+    p.add_argument("--cost", action="append", choices=list(COSTS),
+                   help="only this cost (repeatable; default both)")
     p.add_argument("--quiet-wait", type=float, default=5.0,
                    help="max seconds to wait for an idle machine before each timing")
     args = p.parse_args(argv)

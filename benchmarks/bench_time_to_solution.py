@@ -318,6 +318,7 @@ def plots(panels: list[tuple[str, dict, dict, dict]], out_dir: Path) -> list[Pat
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     colors = {"MU": "C0", "MU accelerated": "C1", "cd": "C2", "cd accelerated": "C3", "ANLS": "C4"}
     paths = []
@@ -338,6 +339,8 @@ def plots(panels: list[tuple[str, dict, dict, dict]], out_dir: Path) -> list[Pat
                     ax.plot([t], [e / floor - 1], marker="os^v"[j % 4], ls="", color="k", label=lab)
             ax.set_xscale("log")
             ax.set_yscale("log")
+            # (a log axis spanning less than a decade labels its minor ticks: they overlap)
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_title(title, fontsize=9)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("error / (lowest error seen − 0.1 %) − 1")
