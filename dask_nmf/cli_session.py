@@ -183,9 +183,12 @@ def cluster_session(
             # Ctrl-C: the command says so in one line; the cluster's shutdown
             # (tasks cancelled, connections closed mid-pass) is not news.
             _silence_distributed()
+            raise
+        finally:
+            # Nor is it after a fit: a worker whose heartbeat meets the closing
+            # scheduler logs the closed connection with a traceback.
             with contextlib.suppress(Exception):  # (best effort: the workers may be gone)
                 client.run(_silence_distributed, on_error="ignore")
-            raise
 
 
 @contextlib.contextmanager

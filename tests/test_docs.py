@@ -258,4 +258,5 @@ def test_block_runs(block: Block, tmp_path):
     assert proc.returncode == 0, (
         f"{block.id} failed:\n{block.code}\n--- output ---\n{proc.stdout[-8000:]}"
     )
-    assert "Traceback" not in proc.stdout, proc.stdout[-8000:]
+    at = proc.stdout.find("Traceback")
+    assert at < 0, proc.stdout[max(0, at - 2000) : at + 6000]  # (the traceback, not the tail)
