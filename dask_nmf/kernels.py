@@ -78,7 +78,7 @@ def _cache_per_core(level: int = 3) -> int:
 #: are formed together, so that V is still in cache for the second: half of
 #: a core's share of the last-level cache, at least SUB_BLOCK_BYTES.  Where
 #: that share is large, a whole block at once is fastest: the products are
-#: then two large GEMMs (benchmarks/README.md, "Every shape").
+#: then two large GEMMs (benchmarks/README.md, section 10).
 PRODUCT_BLOCK_BYTES = max(SUB_BLOCK_BYTES, _cache_per_core(3) // 2, _cache_per_core(2) // 2)
 
 #: Below this fraction of ||V||^2 an expanded Frobenius loss
