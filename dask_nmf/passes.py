@@ -18,6 +18,7 @@ from typing import Any
 
 import dask
 import numpy as np
+from dask.core import literal
 from dask.delayed import Delayed
 
 from . import kernels
@@ -219,7 +220,7 @@ class PassBuilder:
         dsk = dict(self.source_graph)
         if isinstance(state, tuple):  # a computed state (local scheduler): used as it is,
             # as a cluster uses its handle (start() would recompute H Hᵀ and the like)
-            dsk[f"nmf-state-{tag}"] = (_given, _Given(state))
+            dsk[f"nmf-state-{tag}"] = (literal(state),)  # (a tuple in a graph is a task)
             state = f"nmf-state-{tag}"
         if in_memory(state):
             dsk[f"nmf-state-{tag}"] = (self.solver.start, state, first, t, carry)
@@ -275,16 +276,3 @@ class Pass:
 
     def handles(self) -> list:
         return [*self.W, self.state, self.losses]
-
-
-class _Given:
-    """A value placed in a graph as it is (a tuple in a graph is read as a task)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any):
-        self.value = value
-
-
-def _given(box: _Given) -> Any:
-    return box.value
